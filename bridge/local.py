@@ -1,0 +1,113 @@
+"""In-process access to documents for Python services running beside the hub.
+
+A :class:`LocalDoc` is a subscriber like any WebSocket peer: its changes are
+persisted and relayed through the same path, and it hears about everyone
+else's. Reading and writing use the ``automerge`` package's proxies, so a
+plain ``str`` becomes collaborative Text (the ``@automerge/automerge`` 3.x
+convention) and ``automerge.ImmutableString`` makes a scalar string.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager, contextmanager
+from typing import AsyncIterator, Iterator
+
+import anyio
+from automerge import core
+from automerge.document import MapReadProxy, MapWriteProxy
+
+from .hub import Hub, LiveDoc
+
+
+class FlushTimeout(TimeoutError):
+    pass
+
+
+class LocalDoc:
+    def __init__(self, hub: Hub, live: LiveDoc, peer: str) -> None:
+        self.peer = peer
+        self._hub = hub
+        self._live = live
+        self._changed = anyio.Event()
+        self._changing_myself = False
+        self._closed = False
+
+    @property
+    def id(self) -> str:
+        return self._live.doc_id
+
+    @property
+    def heads(self) -> list[bytes]:
+        return self._live.doc.get_heads()
+
+    @property
+    def root(self) -> MapReadProxy:
+        """Live read-only view of the document's root map."""
+        return MapReadProxy(self._live.doc, core.ROOT, None)
+
+    def to_py(self) -> dict:
+        return core.extract(self._live.doc)
+
+    @contextmanager
+    def change(self) -> Iterator[MapWriteProxy]:
+        """Edit in one transaction; on exit it is persisted and relayed.
+
+        An exception inside the block rolls the transaction back.
+        """
+        before = self._live.doc.get_heads()
+        with self._live.doc.transaction() as tx:
+            yield MapWriteProxy(tx, core.ROOT, None)
+        self._changing_myself = True
+        try:
+            self._hub.change_locally(self._live, before, self)
+        finally:
+            self._changing_myself = False
+
+    async def flush(self, timeout: float = 10.0) -> list[bytes]:
+        """Wait until everything in this document so far is durable."""
+        heads = self.heads
+        try:
+            with anyio.fail_after(timeout):
+                await self._live.wait_durable(heads)
+        except TimeoutError:
+            raise FlushTimeout(f"{self.id}: not durable after {timeout}s") from None
+        return heads
+
+    async def updates(self) -> AsyncIterator[list[bytes]]:
+        """Yield the document's heads whenever someone else changed it.
+
+        Changes that land while the consumer is busy are coalesced into one
+        step: the iterator reports the latest state, not every change.
+        """
+        while not self._closed:
+            await self._changed.wait()
+            self._changed = anyio.Event()
+            yield self.heads
+
+    # --- Subscriber ---------------------------------------------------------
+
+    def doc_changed(self, doc_id: str) -> None:
+        if not self._changing_myself:
+            self._changed.set()
+
+    def doc_saved(self, doc_id: str, heads: list[bytes]) -> None:
+        pass
+
+    def ephemeral(self, doc_id: str, sender: str, data: bytes) -> None:
+        pass
+
+    def _close(self) -> None:
+        self._closed = True
+        self._changed.set()
+
+
+@asynccontextmanager
+async def open_local(hub: Hub, doc_id: str, *, peer: str = "local", create: bool = True) -> AsyncIterator[LocalDoc]:
+    """``async with open_local(app.state.hub, "doc") as doc: ...``"""
+    handle = LocalDoc(hub, None, peer)  # type: ignore[arg-type]
+    handle._live = await hub.subscribe(doc_id, handle, create=create)
+    try:
+        yield handle
+    finally:
+        hub.unsubscribe(doc_id, handle)
+        handle._close()

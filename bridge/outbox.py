@@ -1,0 +1,82 @@
+"""What one side of a connection still has to send, drained by one writer task.
+
+Shared by the server's per-peer connection and the Python client. Three kinds
+of pending output, sent in this order of priority:
+
+- control frames, in order (bounded: overflow means the peer is too slow);
+- "latest" frames keyed by a name (``saved`` heads): only the newest counts;
+- dirty documents: sync messages are generated only when the socket can take
+  them, so a busy or slow peer gets one message covering everything that
+  happened meanwhile instead of a backlog.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Awaitable, Callable
+
+import anyio
+
+
+class OutboxOverflow(Exception):
+    pass
+
+
+class Outbox:
+    def __init__(self, max_control: int = 10_000) -> None:
+        self.max_control = max_control
+        self._control: deque[bytes] = deque()
+        self._latest: dict[object, bytes] = {}
+        self._dirty: dict[str, None] = {}
+        self._wake = anyio.Event()
+        self.overflowed = False
+
+    def push(self, frame: bytes) -> None:
+        if len(self._control) >= self.max_control:
+            self.overflowed = True
+        else:
+            self._control.append(frame)
+        self._wake.set()
+
+    def push_latest(self, key: object, frame: bytes) -> None:
+        self._latest[key] = frame
+        self._wake.set()
+
+    def mark_dirty(self, doc_id: str) -> None:
+        self._dirty[doc_id] = None
+        self._wake.set()
+
+    def forget(self, doc_id: str) -> None:
+        self._dirty.pop(doc_id, None)
+        for key in [k for k in self._latest if isinstance(k, tuple) and k[-1] == doc_id]:
+            del self._latest[key]
+
+    @property
+    def idle(self) -> bool:
+        return not (self._control or self._latest or self._dirty)
+
+    async def pump(
+        self,
+        send: Callable[[bytes], Awaitable[None]],
+        generate: Callable[[str], list[bytes]],
+    ) -> None:
+        """Send forever; ``generate(doc_id)`` returns a dirty document's frames.
+
+        Raises :class:`OutboxOverflow` once the control queue has overflowed.
+        """
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            while not self.idle or self.overflowed:
+                if self.overflowed:
+                    raise OutboxOverflow
+                if self._control:
+                    await send(self._control.popleft())
+                elif self._dirty:
+                    doc_id = next(iter(self._dirty))
+                    del self._dirty[doc_id]
+                    for frame in generate(doc_id):
+                        await send(frame)
+                else:
+                    key = next(iter(self._latest))
+                    await send(self._latest.pop(key))

@@ -1,0 +1,125 @@
+"""Run a real bridge for tests: in a thread, in the current event loop, or as
+a subprocess. Also usable from your own test suites (see README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import anyio
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+
+
+@dataclass
+class RunningBridge:
+    host: str
+    port: int
+    app: Starlette | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/sync"
+
+
+def _config(app: Starlette) -> uvicorn.Config:
+    return uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws_max_size=64 * 1024 * 1024)
+
+
+def _port(server: uvicorn.Server) -> int:
+    return server.servers[0].sockets[0].getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Starlette, *, startup_timeout: float = 20.0) -> Iterator[RunningBridge]:
+    """Run ``app`` under uvicorn on 127.0.0.1, a free port, in its own thread
+    and event loop (so clients on trio or another loop can use it)."""
+    server = uvicorn.Server(_config(app))
+    thread = threading.Thread(target=server.run, name="bridge-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("bridge did not start")
+        time.sleep(0.01)
+    try:
+        yield RunningBridge("127.0.0.1", _port(server), app=app)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@contextlib.asynccontextmanager
+async def serve_in_task(app: Starlette) -> AsyncIterator[RunningBridge]:
+    """Run ``app`` under uvicorn in the current (asyncio) event loop, so a test
+    can use ``app.state.hub`` directly."""
+    server = uvicorn.Server(_config(app))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        with anyio.fail_after(20):
+            while not server.started:
+                await anyio.sleep(0.01)
+        try:
+            yield RunningBridge("127.0.0.1", _port(server), app=app)
+        finally:
+            server.should_exit = True
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_in_subprocess(data_dir: str | Path, *, port: int | None = None, extra_args: list[str] = ()) -> Iterator[RunningBridge]:
+    """``automerge-bridge serve`` as a child process (what a user runs)."""
+    port = port or free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
+         "--log-level", "warning", *extra_args],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    bridge = RunningBridge("127.0.0.1", port, process=process)
+    try:
+        wait_healthy(bridge)
+        yield bridge
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_healthy(bridge: RunningBridge, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if bridge.process is not None and bridge.process.poll() is not None:
+            raise RuntimeError(f"bridge exited with {bridge.process.returncode}")
+        try:
+            if httpx.get(f"{bridge.http_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("bridge did not become healthy")
+        time.sleep(0.05)
