@@ -30,18 +30,31 @@ import httpx
 from automerge import core
 from automerge.document import MapReadProxy, MapWriteProxy
 from httpx_ws import HTTPXWSException, WebSocketDisconnect, aconnect_ws
+from wsproto.utilities import LocalProtocolError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from . import messages as m
 from .messages import CloseCode, ProtocolError
 from .outbox import Outbox
 from .session import BadSyncMessage, DocSync, HashIndex
-from .tasks import race
+from .tasks import first_leaf, race
 
 log = logging.getLogger(__name__)
 
 # Close codes after which reconnecting cannot help.
 FATAL_CLOSE_CODES = {CloseCode.PROTOCOL, CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN, CloseCode.TOO_BIG}
+
+
+# What ends a connection without making reconnecting pointless.
+_TRANSIENT = (
+    HTTPXWSException,
+    LocalProtocolError,  # sending on a socket that is already closing
+    OSError,
+    httpx.HTTPError,
+    TimeoutError,
+    ProtocolError,
+    anyio.BrokenResourceError,
+)
 
 
 class BridgeError(Exception):
@@ -155,6 +168,8 @@ class BridgeClient:
         self._eph_send, self._eph_receive = anyio.create_memory_object_stream[tuple[str, str, bytes]](1000)
         self._tg: anyio.abc.TaskGroup | None = None
         self._closing = False
+        self._ws = None  # the live socket, for diagnostics and tests
+        self._supervisor = anyio.CancelScope()
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -174,6 +189,8 @@ class BridgeClient:
 
     async def close(self, timeout: float | None = None) -> None:
         """Flush every document, say ``bye`` and disconnect."""
+        if self._closing:
+            return
         if self.docs:
             await self._flush({d.id: d.heads for d in self.docs.values()}, timeout)
         self._closing = True
@@ -182,8 +199,7 @@ class BridgeClient:
             while self.status == "online":
                 await self._wait_status()
         self._set_status("closed")
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
+        self._supervisor.cancel()
 
     async def wait_online(self, timeout: float = 10.0) -> None:
         with anyio.fail_after(timeout):
@@ -260,6 +276,10 @@ class BridgeClient:
     # --- connection ---------------------------------------------------------
 
     async def _supervise(self) -> None:
+        with self._supervisor:
+            await self._reconnect_forever()
+
+    async def _reconnect_forever(self) -> None:
         while not self._closing:
             retrying = AsyncRetrying(
                 sleep=anyio.sleep,
@@ -301,6 +321,7 @@ class BridgeClient:
                 if not isinstance(welcome, m.Welcome):
                     raise ProtocolError(f"expected welcome, got {welcome!r}")
                 established = True
+                self._ws = ws
                 self.connections += 1
                 # Frames queued for the previous connection are stale: opens
                 # and flushes are re-sent below and sync state starts afresh.
@@ -311,12 +332,13 @@ class BridgeClient:
                     self._outbox.push(m.encode(m.Flush(id=request_id, docs=docs)))
                 self._set_status("online")
                 await race(lambda: self._read(ws), lambda: self._outbox.pump(ws.send_bytes, self._sync_frames))
-        except WebSocketDisconnect as exc:
-            if exc.code in FATAL_CLOSE_CODES:
+        except Exception as raised:
+            exc = first_leaf(raised)
+            if isinstance(exc, WebSocketDisconnect) and exc.code in FATAL_CLOSE_CODES:
                 raise BridgeError(f"closed_{exc.code}", exc.reason or "connection refused by server") from None
-            log.info("%s: disconnected (%s %s)", self.peer, exc.code, exc.reason)
-        except (HTTPXWSException, OSError, httpx.HTTPError, TimeoutError, ProtocolError, anyio.BrokenResourceError) as exc:
-            log.info("%s: connection failed: %r", self.peer, exc)
+            if not isinstance(exc, _TRANSIENT):
+                raise
+            log.info("%s: connection ended: %r", self.peer, exc)
         finally:
             if self.status == "online":
                 self._set_status("offline")

@@ -25,7 +25,7 @@ from .hub import DocNotFound, Hub, LiveDoc
 from .messages import CloseCode, ErrorCode, ProtocolError
 from .outbox import Outbox, OutboxOverflow
 from .session import BadSyncMessage, DocSync
-from .tasks import race
+from .tasks import first_leaf, race
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,8 @@ class PeerConnection:
                     await race(self._reader, self._writer)
                 finally:
                     tg.cancel_scope.cancel()
-        except* Exception as group:  # classified by _close
-            exc = group.exceptions[0]
-            while isinstance(exc, ExceptionGroup):
-                exc = exc.exceptions[0]
-            outcome = exc
+        except Exception as exc:  # classified by _close
+            outcome = first_leaf(exc)
         finally:
             for doc_id in list(self._docs):
                 self._forget(doc_id)

@@ -28,3 +28,10 @@ async def race(*tasks: Callable[[], Awaitable[None]]) -> None:
             tg.start_soon(run, task, tg.cancel_scope)
     if errors:
         raise errors[0]
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first non-group exception inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

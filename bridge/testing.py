@@ -38,8 +38,8 @@ class RunningBridge:
         return f"ws://{self.host}:{self.port}/sync"
 
 
-def _config(app: Starlette) -> uvicorn.Config:
-    return uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws_max_size=64 * 1024 * 1024)
+def _config(app: Starlette, port: int = 0) -> uvicorn.Config:
+    return uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws_max_size=64 * 1024 * 1024)
 
 
 def _port(server: uvicorn.Server) -> int:
@@ -47,10 +47,10 @@ def _port(server: uvicorn.Server) -> int:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Starlette, *, startup_timeout: float = 20.0) -> Iterator[RunningBridge]:
-    """Run ``app`` under uvicorn on 127.0.0.1, a free port, in its own thread
-    and event loop (so clients on trio or another loop can use it)."""
-    server = uvicorn.Server(_config(app))
+def serve_in_thread(app: Starlette, *, port: int = 0, startup_timeout: float = 20.0) -> Iterator[RunningBridge]:
+    """Run ``app`` under uvicorn on 127.0.0.1, a free port (unless given), in
+    its own thread and event loop (so clients on trio or another loop can use it)."""
+    server = uvicorn.Server(_config(app, port))
     thread = threading.Thread(target=server.run, name="bridge-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout
