@@ -201,6 +201,13 @@ class BridgeClient:
         self._set_status("closed")
         self._supervisor.cancel()
 
+    def abandon(self) -> None:
+        """Stop at once without flushing: unsent edits are dropped with this
+        object. For shutting down when the server is known to be gone."""
+        self._closing = True
+        self._set_status("closed")
+        self._supervisor.cancel()
+
     async def wait_online(self, timeout: float = 10.0) -> None:
         with anyio.fail_after(timeout):
             while self.status != "online":

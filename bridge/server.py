@@ -62,13 +62,15 @@ def create_app(
     server_peer = f"bridge-{secrets.token_hex(4)}"
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(parent: Starlette) -> AsyncIterator[None]:
+        # ``parent`` is whichever app runs this lifespan: ours, or the app we
+        # are mounted in. Handlers look the hub up on ours.
         await store.open()
         hub = Hub(store, idle_unload_after=idle_unload_after, compact_after=compact_after, create_on_open=create_on_open)
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(hub.run)
-                app.state.hub = hub
+                app.state.hub = parent.state.hub = hub
                 try:
                     yield
                 finally:
@@ -80,12 +82,12 @@ def create_app(
 
     async def sync_endpoint(websocket: WebSocket) -> None:
         connection = PeerConnection(
-            websocket, websocket.app.state.hub, server_peer=server_peer, limits=limits, authenticate=authenticate
+            websocket, app.state.hub, server_peer=server_peer, limits=limits, authenticate=authenticate
         )
         await connection.serve()
 
     async def healthz(request: Request) -> Response:
-        hub: Hub = request.app.state.hub
+        hub: Hub = app.state.hub
         return JSONResponse(
             {"status": "ok", "peer": server_peer, "loaded_docs": len(hub.loaded), "commits": hub.writer.commits}
         )
@@ -95,7 +97,7 @@ def create_app(
         if not valid_doc_id(doc_id):
             return _error(400, "bad_doc_id", "document ids are 1-256 chars of [A-Za-z0-9._:~-]")
         try:
-            async with open_local(request.app.state.hub, doc_id, peer="http", create=False) as doc:
+            async with open_local(app.state.hub, doc_id, peer="http", create=False) as doc:
                 live = doc._live
                 if request.query_params.get("format") == "automerge":
                     return Response(live.doc.save(), media_type="application/octet-stream")
@@ -112,7 +114,7 @@ def create_app(
             return _error(413, "too_big", f"body exceeds {limits.max_frame_bytes} bytes")
         if not body:
             return _error(400, "bad_changes", "empty body; send Automerge bytes")
-        hub: Hub = request.app.state.hub
+        hub: Hub = app.state.hub
         async with open_local(hub, doc_id, peer="http") as doc:
             try:
                 heads = hub.merge_bytes(doc._live, body)
@@ -130,7 +132,8 @@ def create_app(
         Route("/docs/{doc_id}/changes", post_changes, methods=["POST"]),
     ]
     routes += _web_routes(Path(web_dir)) if web_dir else []
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    return app
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

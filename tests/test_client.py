@@ -13,13 +13,9 @@ from bridge import create_app
 from bridge.client import BridgeClient, BridgeError
 from bridge.testing import serve_in_thread
 
+from .waiting import eventually
+
 pytestmark = pytest.mark.anyio
-
-
-async def wait_until(predicate, timeout: float = 15.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
 
 
 async def test_change_flush_and_read_back(bridge_server):
@@ -59,13 +55,12 @@ async def test_concurrent_clients_converge(bridge_server, n_clients):
             for i, doc in enumerate(docs):
                 with doc.change() as d:
                     d[f"round_{round_}_{i}"] = round_
-            await anyio.sleep(0)
         for doc in docs:
             await doc.flush()
         expected = {f"from_{i}": i for i in range(n_clients)} | {
             f"round_{r}_{i}": r for r in range(5) for i in range(n_clients)
         }
-        await wait_until(lambda: all(doc.to_py() == expected for doc in docs))
+        await eventually(lambda: all(doc.to_py() == expected for doc in docs))
         assert len({tuple(sorted(doc.heads)) for doc in docs}) == 1
 
 
@@ -113,12 +108,12 @@ async def test_offline_edits_sync_after_the_server_comes_back(tmp_path):
                 d["before"] = 1
             await doc.flush()
         # The server is gone: edits keep being made locally.
-        await wait_until(lambda: client.status == "offline")
+        await eventually(lambda: client.status == "offline")
         with doc.change() as d:
             d["during"] = 2
         # Same data directory, same port: the client finds it by itself.
         with serve_in_thread(create_app(data_dir=tmp_path, web_dir=None), port=port) as second:
-            await wait_until(lambda: client.connections >= 2, timeout=30)
+            await eventually(lambda: client.connections >= 2, timeout=30)
             await doc.flush()
             await client.close()
             assert httpx.get(f"{second.http_url}/docs/offline").json() == {"before": 1, "during": 2}

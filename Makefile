@@ -1,0 +1,34 @@
+# The two commands a newcomer needs (see README.md):
+#   make serve   start the bridge: SQLite in ./data, demo page at http://127.0.0.1:8080/
+#   make test    install everything the tests need, then run every test
+# Everything is installed into this folder (.venv, node_modules): nothing by hand.
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+DATA   ?= data
+
+.PHONY: serve test setup web
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+web/dist/client.js: node_modules/.installed $(wildcard web/src/*.ts web/demo/* web/build.mjs)
+	npm run --silent build
+
+web: web/dist/client.js
+
+setup: $(VENV)/.installed web
+
+serve: setup
+	$(VENV)/bin/automerge-bridge serve --host $(HOST) --port $(PORT) --data-dir $(DATA)
+
+test: setup
+	$(PY) -m pytest
