@@ -105,6 +105,22 @@ def create_app(
         except DocNotFound:
             return _error(404, "not_found", "no such document")
 
+    async def get_durable(request: Request) -> Response:
+        """``?heads=hex,hex``: are these heads durable here? Plus the durable heads."""
+        doc_id = request.path_params["doc_id"]
+        if not valid_doc_id(doc_id):
+            return _error(400, "bad_doc_id", "document ids are 1-256 chars of [A-Za-z0-9._:~-]")
+        try:
+            wanted = [bytes.fromhex(h) for h in request.query_params.get("heads", "").split(",") if h]
+        except ValueError:
+            return _error(400, "bad_heads", "heads are comma-separated hex hashes")
+        try:
+            async with open_local(app.state.hub, doc_id, peer="http", create=False) as doc:
+                live = doc._live
+                return JSONResponse({"durable": live.is_durable(wanted), "heads": heads_hex(live.durable_heads)})
+        except DocNotFound:
+            return JSONResponse({"durable": not wanted, "heads": []})
+
     async def post_changes(request: Request) -> Response:
         doc_id = request.path_params["doc_id"]
         if not valid_doc_id(doc_id):
@@ -130,6 +146,7 @@ def create_app(
         Route("/healthz", healthz),
         Route("/docs/{doc_id}", get_doc),
         Route("/docs/{doc_id}/changes", post_changes, methods=["POST"]),
+        Route("/docs/{doc_id}/durable", get_durable),
     ]
     routes += _web_routes(Path(web_dir)) if web_dir else []
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -1,5 +1,14 @@
 """Run a real bridge for tests: in a thread, in the current event loop, or as
-a subprocess. Also usable from your own test suites (see README).
+a subprocess — and a pytest plugin for your own test suites.
+
+Installed with the package as the pytest plugin ``bridge``, it gives every
+test suite two fixtures:
+
+- ``bridge_server``: a bridge on a free 127.0.0.1 port with SQLite in the
+  test's ``tmp_path`` (``.http_url``, ``.ws_url``, ``.app``);
+- ``wait_durable``: ``wait_durable(bridge_server, doc_id, heads)`` returns
+  once the bridge holds ``heads`` (bytes or hex) durably, or fails after a
+  bounded timeout. Use it as a deterministic "saved" sync point.
 """
 
 from __future__ import annotations
@@ -123,3 +132,37 @@ def wait_healthy(bridge: RunningBridge, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("bridge did not become healthy")
         time.sleep(0.05)
+
+
+def wait_until_durable(bridge: RunningBridge, doc_id: str, heads: list[bytes] | list[str], timeout: float = 10.0) -> list[str]:
+    """Block until the bridge has ``heads`` of ``doc_id`` durably; return its durable heads."""
+    wanted = ",".join(h.hex() if isinstance(h, bytes) else h for h in heads)
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=bridge.http_url) as http:
+        while True:
+            answer = http.get(f"/docs/{doc_id}/durable", params={"heads": wanted}).json()
+            if answer["durable"]:
+                return answer["heads"]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{doc_id}: {wanted} not durable after {timeout}s (durable: {answer['heads']})")
+            time.sleep(0.02)
+
+
+try:
+    import pytest
+except ImportError:  # the plugin is only for test suites
+    pass
+else:
+
+    @pytest.fixture
+    def bridge_server(tmp_path) -> Iterator[RunningBridge]:
+        """A real bridge on a free port with SQLite under ``tmp_path``."""
+        from .server import create_app
+
+        with serve_in_thread(create_app(data_dir=tmp_path / "bridge-data")) as running:
+            yield running
+
+    @pytest.fixture
+    def wait_durable():
+        """``wait_durable(bridge_server, doc_id, heads, timeout=10.0)``."""
+        return wait_until_durable

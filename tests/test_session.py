@@ -32,25 +32,23 @@ def test_pair_converges_on_concurrent_edits():
     assert core.extract(left) == core.extract(right) == {"x": 1, "y": 2}
 
 
-def test_receive_returns_only_new_changes():
-    left, right = core.Document(), core.Document()
-    edit(left, "x", 1)
-    a, b = DocSync(left), DocSync(right)
+def changes_received_by_b(a: DocSync, b: DocSync, rounds: int = 5) -> list:
     received = []
-    for _ in range(5):
+    for _ in range(rounds):
         for msg in a.generate():
             received += b.receive(msg)
         for msg in b.generate():
             a.receive(msg)
-    assert [c.hash for c in received] == left.get_heads()
+    return received
+
+
+def test_receive_returns_only_new_changes():
+    left, right = core.Document(), core.Document()
+    a, b = DocSync(left), DocSync(right)
+    edit(left, "x", 1)
+    assert [c.hash for c in changes_received_by_b(a, b)] == left.get_heads()
     edit(left, "x", 2)
-    new = []
-    for _ in range(5):
-        for msg in a.generate():
-            new += b.receive(msg)
-        for msg in b.generate():
-            a.receive(msg)
-    assert [c.hash for c in new] == left.get_heads()
+    assert [c.hash for c in changes_received_by_b(a, b)] == left.get_heads()
 
 
 def test_reset_resyncs_after_lost_state():
