@@ -25,10 +25,15 @@ web/dist/client.js: node_modules/.installed $(wildcard web/src/*.ts web/demo/* w
 
 web: web/dist/client.js
 
+# Browser tests drive Debian's Chromium (Playwright cannot download browsers here).
+/usr/bin/chromium:
+	if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
+
 setup: $(VENV)/.installed web
 
 serve: setup
 	$(VENV)/bin/automerge-bridge serve --host $(HOST) --port $(PORT) --data-dir $(DATA)
 
-test: setup
+test: setup /usr/bin/chromium
 	$(PY) -m pytest

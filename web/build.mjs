@@ -1,12 +1,13 @@
 // Build the browser/Node client into one self-contained ES module
 // (web/dist/client.js, Automerge's wasm inlined), its type declarations
-// (web/dist/client.d.ts) and the demo page's script (web/dist/demo.js).
+// (web/dist/client.d.ts), the demo page's script (web/dist/demo.js) and
+// copy the demo page itself (web/dist/index.html).
 //
 //   node web/build.mjs            build everything
 //   node web/build.mjs --no-types skip the declaration step
 
 import { execFileSync } from "node:child_process";
-import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
@@ -44,10 +45,13 @@ await esbuild.build({
   external: ["/client.js"],
 });
 
+// The server serves web/dist/index.html at "/", next to /client.js and /demo.js.
+copyFileSync(join(web, "demo/index.html"), join(dist, "index.html"));
+
 if (!process.argv.includes("--no-types")) {
   const tsc = join(root, "node_modules", ".bin", "tsc");
   execFileSync(tsc, ["-p", join(web, "tsconfig.types.json")], { stdio: "inherit" });
   writeFileSync(join(dist, "client.d.ts"), 'export * from "./types/index.js";\n');
 }
 
-console.log("built web/dist/client.js, web/dist/client.d.ts, web/dist/demo.js");
+console.log("built web/dist/: client.js, client.d.ts, demo.js, index.html");

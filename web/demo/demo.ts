@@ -85,7 +85,10 @@ nameInput.addEventListener("input", () => {
   renderPeople();
 });
 
+let opened = false; // the server relays presence only for an open document
+
 function announce(): void {
+  if (!opened) return;
   const msg: Presence = { type: "presence", name: me.name, color: me.color };
   client.ephemeral(docId, msg);
 }
@@ -137,6 +140,8 @@ renderPeople();
 // ------------------------------------------------------------ document
 
 const doc: BridgeDoc<DemoDoc> = await client.open<DemoDoc>(docId);
+opened = true;
+announce();
 ensureShape(doc);
 
 /** The text area's content as last synced with the document. */

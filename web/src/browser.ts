@@ -5,6 +5,8 @@ interface PageHandlers {
   pagehide(): void;
   /** The browser thinks the network is back. */
   online(): void;
+  /** The browser thinks the network is gone. */
+  offline(): void;
 }
 
 export interface PageHooks {
@@ -31,6 +33,7 @@ export function installPageHooks(handlers: PageHandlers, warnOnUnsaved: boolean)
 
   const onPageHide = (): void => handlers.pagehide();
   const onOnline = (): void => handlers.online();
+  const onOffline = (): void => handlers.offline();
   const onBeforeUnload = (ev: Event): string => {
     ev.preventDefault();
     // Older browsers need returnValue set to show the prompt.
@@ -39,6 +42,7 @@ export function installPageHooks(handlers: PageHandlers, warnOnUnsaved: boolean)
   };
   win.addEventListener("pagehide", onPageHide);
   win.addEventListener("online", onOnline);
+  win.addEventListener("offline", onOffline);
 
   // The beforeunload listener is only present while something is unsaved:
   // a permanent one would keep pages out of the back/forward cache.
@@ -54,6 +58,7 @@ export function installPageHooks(handlers: PageHandlers, warnOnUnsaved: boolean)
     remove(): void {
       win.removeEventListener("pagehide", onPageHide);
       win.removeEventListener("online", onOnline);
+      win.removeEventListener("offline", onOffline);
       if (warning) win.removeEventListener("beforeunload", onBeforeUnload);
       warning = false;
     },

@@ -5,17 +5,16 @@
 import { decode as decodeMsgpack, encode as encodeMsgpack } from "@msgpack/msgpack";
 import { Automerge } from "./automerge.js";
 import { installPageHooks, sendBeacon, type PageHooks } from "./browser.js";
+import { Connection, type ConnectionState } from "./connection.js";
 import { BridgeDoc, type DocHost } from "./doc.js";
 import { Emitter } from "./emitter.js";
 import { BridgeError } from "./errors.js";
+import { PendingFlushes } from "./flushes.js";
 import { LocalCopy } from "./local-copy.js";
 import { defaultStore, type UnsavedStore } from "./persistence.js";
 import {
   PROTOCOL_VERSION,
-  ProtocolError,
   assertDocId,
-  decodeServerMessage,
-  encodeClientMessage,
   type ClientMessage,
   type ErrorMsg,
   type FlushedMsg,
@@ -25,7 +24,8 @@ import {
   type ServerEphMsg,
   type WelcomeMsg,
 } from "./protocol.js";
-import { OPEN, defaultWebSocket, frameBytes, type WebSocketConstructor, type WebSocketLike } from "./transport.js";
+import { defaultWebSocket, type WebSocketConstructor } from "./transport.js";
+import { httpBaseOf, randomId, withTimeout } from "./util.js";
 
 export type ClientStatus = "connecting" | "offline" | "saving" | "saved";
 
@@ -69,6 +69,7 @@ export interface EphemeralEvent {
 }
 
 export interface WelcomeInfo {
+  /** The server's own peer id. */
   peer: string;
   session: string;
   caps: string[];
@@ -81,15 +82,6 @@ export interface ClientEvents {
   ephemeral: EphemeralEvent;
   welcome: WelcomeInfo;
 }
-
-interface PendingFlush {
-  docs: Record<string, HexHeads>;
-  internal: boolean;
-  resolve: () => void;
-  reject: (e: unknown) => void;
-}
-
-type Connection = "connecting" | "online" | "offline";
 
 const DEFAULTS = {
   openTimeout: 10_000,
@@ -105,36 +97,28 @@ export class BridgeClient extends Emitter<ClientEvents> {
   readonly url: string;
   /** Base URL of the server's HTTP routes. */
   readonly httpBase: string;
-  /** Our peer id (the server's answer in `welcome` once connected). */
-  peerId: string;
+  /** Our peer id, sent in `hello`; other peers see it as `from` of our ephemeral messages. */
+  readonly peerId: string;
   /** What the server said in its latest `welcome`. */
   welcome: WelcomeInfo | null = null;
 
   readonly #opts: BridgeClientOptions;
-  readonly #WebSocket: WebSocketConstructor;
+  readonly #conn: Connection;
   readonly #store: UnsavedStore | null;
   readonly #owner = randomId();
   readonly #scope: string;
   readonly #host: DocHost;
   readonly #hooks: PageHooks;
 
-  #ws: WebSocketLike | null = null;
-  #conn: Connection = "connecting";
   #status: ClientStatus = "connecting";
-  #attempt = 0;
-  #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
-  #handshakeTimer: ReturnType<typeof setTimeout> | undefined;
-  #socketGone: (() => void)[] = [];
 
   #docs = new Map<string, BridgeDoc<any>>();
   #opening = new Map<string, Promise<BridgeDoc<any>>>();
   #closingDocs = new Map<string, Promise<void>>();
-  #flushes = new Map<number, PendingFlush>();
-  #nextFlushId = 1;
+  #flushes = new PendingFlushes();
 
   #closing: Promise<void> | null = null;
   #closed = false;
-  #fatal: BridgeError | null = null;
 
   constructor(url: string, options: BridgeClientOptions = {}) {
     super();
@@ -146,17 +130,41 @@ export class BridgeClient extends Emitter<ClientEvents> {
     if (!WS) throw new TypeError("no WebSocket implementation: pass options.WebSocket (e.g. the `ws` package's)");
     this.url = url;
     this.#opts = options;
-    this.#WebSocket = WS;
     this.peerId = options.peerId ?? `peer-${randomId()}`;
     this.httpBase = (options.httpBase ?? httpBaseOf(parsed)).replace(/\/+$/, "");
     this.#scope = `${parsed.protocol}//${parsed.host}${parsed.pathname}`;
     this.#store = options.storage === false ? null : (options.storage ?? defaultStore());
     this.#host = this.#makeHost();
+    this.#conn = new Connection(
+      url,
+      WS,
+      {
+        handshakeTimeout: options.handshakeTimeout ?? DEFAULTS.handshakeTimeout,
+        baseDelay: options.reconnect?.baseDelay ?? DEFAULTS.baseDelay,
+        maxDelay: options.reconnect?.maxDelay ?? DEFAULTS.maxDelay,
+      },
+      {
+        hello: () => this.#hello(),
+        welcome: (msg) => this.#onWelcome(msg),
+        message: (msg) => this.#onMessage(msg),
+        down: () => this.#docs.forEach((doc) => doc._detach()),
+        state: () => this.#updateStatus(),
+        error: (err) => this.emit("error", err),
+        fatal: (err) => {
+          this.#flushes.rejectAll(err);
+          this.emit("error", err);
+        },
+      },
+    );
     this.#hooks = installPageHooks(
-      { pagehide: () => this.#onPageHide(), online: () => this.#reconnectNow() },
+      {
+        pagehide: () => this.#onPageHide(),
+        online: () => this.#conn.reconnectNow(),
+        offline: () => this.#conn.networkLost(),
+      },
       options.warnOnUnsaved ?? false,
     );
-    this.#connect();
+    this.#conn.start();
   }
 
   /** "connecting" | "offline" | "saving" | "saved". */
@@ -201,7 +209,7 @@ export class BridgeClient extends Emitter<ClientEvents> {
    */
   ephemeral(docId: string, data: Uint8Array | unknown): boolean {
     assertDocId(docId);
-    if (this.#conn !== "online") return false;
+    if (!this.#online()) return false;
     const bytes = data instanceof Uint8Array ? data : encodeMsgpack(data);
     this.#send({ t: "eph", doc: docId, data: bytes });
     return true;
@@ -253,25 +261,25 @@ export class BridgeClient extends Emitter<ClientEvents> {
     if (this.#closing) throw new BridgeError("closed", "client is closed");
     const doc = new BridgeDoc<T>(this.#host, id, value, local, restored);
     this.#docs.set(id, doc);
-    if (this.#conn === "online") doc._attach();
+    if (this.#online()) doc._attach();
     this.#updateStatus();
     try {
       await this.#waitForOpen(doc);
     } catch (e) {
-      this.#release(doc, this.#conn === "online");
+      this.#release(doc, this.#online());
       throw e;
     }
     return doc;
   }
 
   #waitForOpen(doc: BridgeDoc<any>): Promise<void> {
-    if (doc.synced || this.#conn === "offline") return Promise.resolve();
+    if (doc.synced || this.#conn.state === "offline") return Promise.resolve();
     const timeout = this.#opts.openTimeout ?? DEFAULTS.openTimeout;
     return new Promise<void>((resolve, reject) => {
       const finish = (err?: unknown): void => {
         clearTimeout(timer);
         offStatus();
-        const fatal = err ?? this.#fatal;
+        const fatal = err ?? this.#conn.fatal;
         if (fatal) reject(fatal);
         else resolve();
       };
@@ -290,7 +298,7 @@ export class BridgeClient extends Emitter<ClientEvents> {
     this.#opening.delete(doc.id);
     const p = (async () => {
       const heads = doc.heads;
-      if (doc.unsaved && this.#conn === "online" && heads.length) {
+      if (doc.unsaved && this.#online() && heads.length) {
         const timeout = this.#opts.closeTimeout ?? DEFAULTS.closeTimeout;
         await withTimeout(this.#requestFlush({ [doc.id]: heads }, true), timeout).catch(() => {});
       }
@@ -303,7 +311,7 @@ export class BridgeClient extends Emitter<ClientEvents> {
   #release(doc: BridgeDoc<any>, sendClose: boolean): void {
     if (this.#docs.get(doc.id) === doc) {
       this.#docs.delete(doc.id);
-      if (sendClose && this.#conn === "online") this.#send({ t: "close", doc: doc.id });
+      if (sendClose && this.#online()) this.#send({ t: "close", doc: doc.id });
     }
     doc._release();
     this.#updateStatus();
@@ -313,7 +321,7 @@ export class BridgeClient extends Emitter<ClientEvents> {
     const self = this;
     return {
       get online() {
-        return self.#conn === "online";
+        return self.#online();
       },
       get autoFlushDelay() {
         const d = self.#opts.autoFlushDelay;
@@ -330,108 +338,43 @@ export class BridgeClient extends Emitter<ClientEvents> {
   // ------------------------------------------------------------ flush
 
   #requestFlush(docs: Record<string, HexHeads>, internal: boolean): Promise<void> {
-    if (this.#fatal) return Promise.reject(this.#fatal);
+    if (this.#conn.fatal) return Promise.reject(this.#conn.fatal);
     if (this.#closed) return Promise.reject(new BridgeError("closed", "client is closed"));
-    const id = this.#nextFlushId++;
-    return new Promise<void>((resolve, reject) => {
-      this.#flushes.set(id, { docs, internal, resolve, reject });
-      if (this.#conn === "online") this.#send({ t: "flush", id, docs });
-    });
+    return this.#flushes.add(docs, internal, ({ id }) => this.#send({ t: "flush", id, docs }));
   }
 
   #onFlushed(msg: FlushedMsg): void {
-    const pending = this.#flushes.get(msg.id);
-    if (!pending) return;
-    this.#flushes.delete(msg.id);
-    for (const [id, heads] of Object.entries(pending.docs)) this.#docs.get(id)?._flushed(heads);
+    const req = this.#flushes.resolve(msg.id);
+    if (!req) return;
+    for (const [id, heads] of Object.entries(req.docs)) this.#docs.get(id)?._flushed(heads);
     for (const [id, heads] of Object.entries(msg.docs)) this.#docs.get(id)?._flushed(heads);
-    pending.resolve();
-  }
-
-  #failFlushes(err: BridgeError): void {
-    const all = [...this.#flushes.values()];
-    this.#flushes.clear();
-    for (const f of all) f.reject(err);
   }
 
   // ------------------------------------------------------------ connection
 
-  #connect(): void {
-    this.#reconnectTimer = undefined;
-    if (this.#closed || this.#fatal) return;
-    this.#setConnection("connecting");
-    let ws: WebSocketLike;
-    try {
-      ws = new this.#WebSocket(this.url);
-    } catch (e) {
-      this.#report(new BridgeError("connect", `cannot open WebSocket: ${String(e)}`, { cause: e }));
-      this.#setConnection("offline");
-      this.#scheduleReconnect(false);
-      return;
-    }
-    this.#ws = ws;
-    ws.binaryType = "arraybuffer";
-    ws.onopen = () => this.#onOpen(ws);
-    ws.onmessage = (ev: { data: unknown }) => this.#onFrame(ws, ev.data);
-    ws.onclose = (ev: { code?: number; reason?: string }) => this.#onClose(ws, ev.code ?? 1006, ev.reason ?? "");
-    ws.onerror = () => {}; // a close event follows
+  #online(): boolean {
+    return this.#conn.state === "online";
   }
 
-  #onOpen(ws: WebSocketLike): void {
-    if (ws !== this.#ws) return;
-    const hello: HelloMsg = {
-      t: "hello",
-      v: [PROTOCOL_VERSION],
-      peer: this.peerId,
-      caps: this.#opts.caps ?? [],
-    };
+  #send(msg: ClientMessage): void {
+    this.#conn.send(msg);
+  }
+
+  #hello(): HelloMsg {
+    const hello: HelloMsg = { t: "hello", v: [PROTOCOL_VERSION], peer: this.peerId, caps: this.#opts.caps ?? [] };
     if (this.#opts.token !== undefined) hello.token = this.#opts.token;
-    this.#sendOn(ws, hello);
-    const timeout = this.#opts.handshakeTimeout ?? DEFAULTS.handshakeTimeout;
-    this.#handshakeTimer = setTimeout(() => this.#abandon(ws, 4408, "handshake timeout"), timeout);
+    return hello;
   }
 
-  #onWelcome(ws: WebSocketLike, msg: WelcomeMsg): void {
-    clearTimeout(this.#handshakeTimer);
-    if (msg.v !== PROTOCOL_VERSION) {
-      this.#fatal = new BridgeError("version", `server speaks protocol v${msg.v}, this client v${PROTOCOL_VERSION}`);
-      this.#report(this.#fatal);
-      this.#failFlushes(this.#fatal);
-      this.#abandon(ws, 1000, "unsupported protocol version");
-      return;
-    }
-    this.#attempt = 0;
+  /** Welcomed: re-open every document with a fresh sync state, re-send pending flushes. */
+  #onWelcome(msg: WelcomeMsg): void {
     this.welcome = { peer: msg.peer, session: msg.session, caps: msg.caps, limits: msg.limits };
-    if (msg.peer) this.peerId = msg.peer;
-    this.#conn = "online";
     for (const doc of this.#docs.values()) doc._attach();
-    for (const [id, f] of this.#flushes) this.#send({ t: "flush", id, docs: f.docs });
-    this.#updateStatus();
+    for (const { id, docs } of this.#flushes.all()) this.#send({ t: "flush", id, docs });
     this.emit("welcome", this.welcome);
   }
 
-  #onFrame(ws: WebSocketLike, data: unknown): void {
-    if (ws !== this.#ws) return;
-    const bytes = frameBytes(data);
-    if (!bytes) {
-      this.#report(new BridgeError("protocol", "server sent a non-binary frame"));
-      return;
-    }
-    let msg: ServerMessage | null;
-    try {
-      msg = decodeServerMessage(bytes);
-    } catch (e) {
-      const detail = e instanceof ProtocolError ? e.message : String(e);
-      this.#report(new BridgeError("protocol", `bad frame from server: ${detail}`, { cause: e }));
-      return;
-    }
-    if (!msg) return; // a message type from a newer protocol: ignore
-    if (msg.t === "welcome") return this.#onWelcome(ws, msg);
-    if (msg.t === "error") return this.#onServerError(msg);
-    if (this.#conn !== "online") {
-      this.#report(new BridgeError("protocol", `server sent ${msg.t} before welcome`));
-      return;
-    }
+  #onMessage(msg: ServerMessage): void {
     switch (msg.t) {
       case "sync":
         this.#docs.get(msg.doc)?._receiveSync(msg.data);
@@ -445,6 +388,9 @@ export class BridgeClient extends Emitter<ClientEvents> {
       case "eph":
         this.#onEphemeral(msg);
         return;
+      case "error":
+        this.#onServerError(msg);
+        return;
     }
   }
 
@@ -455,12 +401,7 @@ export class BridgeClient extends Emitter<ClientEvents> {
     const err = new BridgeError(msg.code, msg.msg, extra);
     let internal = false;
     if (msg.id !== undefined) {
-      const pending = this.#flushes.get(msg.id);
-      if (pending) {
-        this.#flushes.delete(msg.id);
-        internal = pending.internal;
-        pending.reject(err);
-      }
+      internal = this.#flushes.reject(msg.id, err)?.internal ?? false;
     } else if (msg.doc !== undefined) {
       this.#docs.get(msg.doc)?._error(err);
     }
@@ -477,96 +418,20 @@ export class BridgeClient extends Emitter<ClientEvents> {
     this.emit("ephemeral", { doc: msg.doc, from: msg.from, data: msg.data, value });
   }
 
-  #onClose(ws: WebSocketLike, code: number, reason: string): void {
-    if (ws !== this.#ws) return;
-    this.#ws = null;
-    clearTimeout(this.#handshakeTimer);
-    for (const doc of this.#docs.values()) doc._detach();
-    const waiters = this.#socketGone;
-    this.#socketGone = [];
-    for (const w of waiters) w();
-    if (this.#closed || this.#fatal) {
-      this.#setConnection("offline");
-      return;
-    }
-    if (code === 4401 || code === 4403) {
-      const what = code === 4401 ? "unauthorized" : "forbidden";
-      this.#fatal = new BridgeError(what, reason || `server closed the connection: ${what}`, { closeCode: code });
-      this.#failFlushes(this.#fatal);
-      this.#setConnection("offline");
-      this.#report(this.#fatal);
-      return;
-    }
-    if (code === 4400 || code === 1009 || code === 1011) {
-      const what = code === 4400 ? "protocol" : code === 1009 ? "too_big" : "server_error";
-      this.#report(new BridgeError(what, reason || `server closed the connection (${code})`, { closeCode: code }));
-    }
-    this.#setConnection("offline");
-    // 1001 (server going away) and 4409 (too slow, resync): come back at once,
-    // with jitter so a restarting server is not hit by everyone together.
-    this.#scheduleReconnect(code === 1001 || code === 4409);
-  }
-
-  /** Drop a socket now (without waiting for its close event). */
-  #abandon(ws: WebSocketLike, code: number, reason: string): void {
-    try {
-      ws.close(code >= 3000 || code === 1000 ? code : 1000, reason);
-    } catch {
-      // already closed
-    }
-    this.#onClose(ws, code, reason);
-  }
-
-  #scheduleReconnect(quick: boolean): void {
-    clearTimeout(this.#reconnectTimer);
-    const base = this.#opts.reconnect?.baseDelay ?? DEFAULTS.baseDelay;
-    const max = this.#opts.reconnect?.maxDelay ?? DEFAULTS.maxDelay;
-    const delay = quick && this.#attempt === 0 ? Math.random() * base : backoff(this.#attempt, base, max);
-    this.#attempt++;
-    this.#reconnectTimer = setTimeout(() => this.#connect(), delay);
-  }
-
-  #reconnectNow(): void {
-    if (this.#reconnectTimer === undefined || this.#closed || this.#fatal) return;
-    clearTimeout(this.#reconnectTimer);
-    this.#connect();
-  }
-
-  #send(msg: ClientMessage): void {
-    if (this.#ws && this.#conn === "online") this.#sendOn(this.#ws, msg);
-  }
-
-  #sendOn(ws: WebSocketLike, msg: ClientMessage): void {
-    if (ws.readyState !== OPEN) return;
-    try {
-      ws.send(encodeClientMessage(msg));
-    } catch (e) {
-      this.#report(new BridgeError("send", `cannot send ${msg.t}: ${String(e)}`, { cause: e }));
-    }
-  }
-
   // ------------------------------------------------------------ status
-
-  #setConnection(conn: Connection): void {
-    this.#conn = conn;
-    this.#updateStatus();
-  }
 
   #updateStatus(): void {
     const unsaved = this.hasUnsavedChanges;
     this.#hooks.setUnsaved(unsaved);
-    const status: ClientStatus = this.#conn !== "online" ? this.#conn : unsaved ? "saving" : "saved";
+    const conn: ConnectionState = this.#conn.state;
+    const status: ClientStatus = conn !== "online" ? conn : unsaved ? "saving" : "saved";
     if (status === this.#status) return;
     this.#status = status;
     this.emit("status", status);
   }
 
-  #report(err: BridgeError): void {
-    this.emit("error", err);
-  }
-
   #storageError(e: unknown, doc: string): void {
-    this.#report(new BridgeError("storage", `local storage failed for ${doc}: ${String(e)}`, { doc, cause: e }));
+    this.emit("error", new BridgeError("storage", `local storage failed for ${doc}: ${String(e)}`, { doc, cause: e }));
   }
 
   // ------------------------------------------------------------ leaving
@@ -585,7 +450,7 @@ export class BridgeClient extends Emitter<ClientEvents> {
 
   async #close(timeout: number): Promise<void> {
     let failure: unknown = null;
-    if (!this.#fatal) {
+    if (!this.#conn.fatal) {
       try {
         await Promise.all([...this.#closingDocs.values()]);
         await withTimeout(this.flush(), timeout);
@@ -593,65 +458,14 @@ export class BridgeClient extends Emitter<ClientEvents> {
         failure = e;
       }
     }
-    const ws = this.#ws;
-    const online = this.#conn === "online";
     this.#closed = true;
-    clearTimeout(this.#reconnectTimer);
-    this.#reconnectTimer = undefined;
     this.#hooks.remove();
     const docs = [...this.#docs.values()];
     for (const doc of docs) this.#release(doc, false);
     this.#opening.clear();
-    this.#failFlushes(new BridgeError("closed", "client is closed"));
-    if (ws) {
-      const gone = new Promise<void>((resolve) => this.#socketGone.push(resolve));
-      if (online) this.#sendOn(ws, { t: "bye" });
-      // The server answers bye by closing with 1000; don't wait forever.
-      const timer = setTimeout(() => this.#abandon(ws, 1000, "bye"), online ? 2000 : 0);
-      await gone;
-      clearTimeout(timer);
-    }
-    this.#setConnection("offline");
+    this.#flushes.rejectAll(new BridgeError("closed", "client is closed"));
+    await this.#conn.stop();
     await Promise.all(docs.map((d) => d._local?.idle()));
     if (failure) throw failure;
   }
-}
-
-// ------------------------------------------------------------ helpers
-
-function httpBaseOf(url: URL): string {
-  const scheme = url.protocol === "wss:" ? "https:" : "http:";
-  const path = url.pathname.replace(/\/sync\/?$/, "");
-  return `${scheme}//${url.host}${path}`;
-}
-
-/** Exponential backoff with "equal jitter": half fixed, half random. */
-function backoff(attempt: number, base: number, max: number): number {
-  const cap = Math.min(max, base * 2 ** Math.min(attempt, 30));
-  return cap / 2 + (Math.random() * cap) / 2;
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  if (!Number.isFinite(ms)) return p;
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new BridgeError("timeout", `timed out after ${ms} ms`)), ms);
-    p.then(
-      (v) => {
-        clearTimeout(timer);
-        resolve(v);
-      },
-      (e) => {
-        clearTimeout(timer);
-        reject(e);
-      },
-    );
-  });
-}
-
-function randomId(): string {
-  const bytes = new Uint8Array(8);
-  const c = (globalThis as { crypto?: { getRandomValues?: (a: Uint8Array) => Uint8Array } }).crypto;
-  if (c?.getRandomValues) c.getRandomValues(bytes);
-  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }

@@ -209,10 +209,11 @@ function headsMap(m: Fields, k: string): Record<string, HexHeads> {
 
 /**
  * Decode one server frame. Returns `null` for a well-formed frame of a type
- * this client does not know (forward compatibility); throws ProtocolError
- * for a malformed one. Unknown fields are ignored.
+ * this client does not know (forward compatibility), after telling
+ * `onUnknown` its type; throws ProtocolError for a malformed one. Unknown
+ * fields are ignored.
  */
-export function decodeServerMessage(frame: Uint8Array): ServerMessage | null {
+export function decodeServerMessage(frame: Uint8Array, onUnknown?: (t: string) => void): ServerMessage | null {
   let raw: unknown;
   try {
     raw = decode(frame, { useBigInt64: false });
@@ -243,7 +244,8 @@ export function decodeServerMessage(frame: Uint8Array): ServerMessage | null {
     case "flushed":
       return { t, id: int(m, "id"), docs: headsMap(m, "docs") };
     case "eph":
-      return { t, doc: str(m, "doc"), from: optStr(m, "from") ?? "", data: bin(m, "data") };
+      // An empty payload may be omitted by the sender's encoder.
+      return { t, doc: str(m, "doc"), from: optStr(m, "from") ?? "", data: m["data"] == null ? new Uint8Array(0) : bin(m, "data") };
     case "error": {
       const out: ErrorMsg = { t, code: str(m, "code"), msg: optStr(m, "msg") ?? "" };
       const doc = optStr(m, "doc");
@@ -253,6 +255,7 @@ export function decodeServerMessage(frame: Uint8Array): ServerMessage | null {
       return out;
     }
     default:
+      onUnknown?.(t);
       return null;
   }
 }
