@@ -29,7 +29,7 @@ from starlette.websockets import WebSocket
 from .connection import Authenticate, Limits, PeerConnection
 from .hub import DocNotFound, Hub
 from .local import open_local
-from .messages import valid_doc_id
+from .messages import PROTOCOL_VERSION, Hello, valid_doc_id
 from .storage import Store, open_store
 from .values import heads_hex, to_json
 
@@ -93,6 +93,8 @@ def create_app(
         )
 
     async def get_doc(request: Request) -> Response:
+        if not await authorized(request):
+            return _error(401, "unauthorized", "missing or bad token")
         doc_id = request.path_params["doc_id"]
         if not valid_doc_id(doc_id):
             return _error(400, "bad_doc_id", "document ids are 1-256 chars of [A-Za-z0-9._:~-]")
@@ -105,8 +107,22 @@ def create_app(
         except DocNotFound:
             return _error(404, "not_found", "no such document")
 
+    async def authorized(request: Request) -> bool:
+        """HTTP gets the same ``authenticate`` as WebSocket peers; the token
+        comes as ``?token=`` (what a beacon can carry) or a Bearer header."""
+        if authenticate is None:
+            return True
+        token = request.query_params.get("token")
+        header = request.headers.get("authorization", "")
+        if token is None and header.lower().startswith("bearer "):
+            token = header[7:]
+        verdict = authenticate(Hello(v=[PROTOCOL_VERSION], peer="http", token=token))
+        return verdict if isinstance(verdict, bool) else await verdict
+
     async def get_durable(request: Request) -> Response:
         """``?heads=hex,hex``: are these heads durable here? Plus the durable heads."""
+        if not await authorized(request):
+            return _error(401, "unauthorized", "missing or bad token")
         doc_id = request.path_params["doc_id"]
         if not valid_doc_id(doc_id):
             return _error(400, "bad_doc_id", "document ids are 1-256 chars of [A-Za-z0-9._:~-]")
@@ -122,6 +138,8 @@ def create_app(
             return JSONResponse({"durable": not wanted, "heads": []})
 
     async def post_changes(request: Request) -> Response:
+        if not await authorized(request):
+            return _error(401, "unauthorized", "missing or bad token")
         doc_id = request.path_params["doc_id"]
         if not valid_doc_id(doc_id):
             return _error(400, "bad_doc_id", "document ids are 1-256 chars of [A-Za-z0-9._:~-]")

@@ -140,3 +140,19 @@ async def test_mounting_inside_another_app(tmp_path):
             await doc.flush()
         async with httpx.AsyncClient() as http:
             assert (await http.get(f"{running.http_url}/bridge/docs/mounted")).json() == {"ok": True}
+
+
+async def test_http_routes_use_the_same_authentication(tmp_path):
+    app = create_app(data_dir=tmp_path, web_dir=None, authenticate=lambda hello: hello.token == "sesame")
+    async with serve_in_task(app) as running:
+        async with httpx.AsyncClient(base_url=running.http_url) as http:
+            doc = core.Document()
+            with doc.transaction() as tx:
+                tx.put(core.ROOT, "a", core.ScalarType.Int, 1)
+            assert (await http.post("/docs/auth/changes", content=doc.save())).status_code == 401
+            assert (await http.post("/docs/auth/changes?token=nope", content=doc.save())).status_code == 401
+            assert (await http.post("/docs/auth/changes?token=sesame", content=doc.save())).status_code == 200
+            assert (await http.get("/docs/auth")).status_code == 401
+            answer = await http.get("/docs/auth", headers={"Authorization": "Bearer sesame"})
+            assert answer.json() == {"a": 1}
+            assert (await http.get("/healthz")).status_code == 200
