@@ -27,11 +27,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from .connection import Authenticate, Limits, PeerConnection
-from .hub import DocNotFound, Hub
-from .local import open_local
-from .messages import PROTOCOL_VERSION, Hello, valid_doc_id
+from .http_api import doc_routes, error
+from .hub import Hub
 from .storage import Store, open_store
-from .values import heads_hex, to_json
 
 log = logging.getLogger(__name__)
 
@@ -92,98 +90,14 @@ def create_app(
             {"status": "ok", "peer": server_peer, "loaded_docs": len(hub.loaded), "commits": hub.writer.commits}
         )
 
-    async def get_doc(request: Request) -> Response:
-        if not await authorized(request):
-            return _error(401, "unauthorized", "missing or bad token")
-        doc_id = request.path_params["doc_id"]
-        if not valid_doc_id(doc_id):
-            return _error(400, "bad_doc_id", "document ids are 1-256 chars of [A-Za-z0-9._:~-]")
-        try:
-            async with open_local(app.state.hub, doc_id, peer="http", create=False) as doc:
-                live = doc._live
-                if request.query_params.get("format") == "automerge":
-                    return Response(live.doc.save(), media_type="application/octet-stream")
-                return Response(to_json(live.doc), media_type="application/json")
-        except DocNotFound:
-            return _error(404, "not_found", "no such document")
-
-    async def authorized(request: Request) -> bool:
-        """HTTP gets the same ``authenticate`` as WebSocket peers; the token
-        comes as ``?token=`` (what a beacon can carry) or a Bearer header."""
-        if authenticate is None:
-            return True
-        token = request.query_params.get("token")
-        header = request.headers.get("authorization", "")
-        if token is None and header.lower().startswith("bearer "):
-            token = header[7:]
-        verdict = authenticate(Hello(v=[PROTOCOL_VERSION], peer="http", token=token))
-        return verdict if isinstance(verdict, bool) else await verdict
-
-    async def get_durable(request: Request) -> Response:
-        """``?heads=hex,hex``: are these heads durable here? Plus the durable heads."""
-        if not await authorized(request):
-            return _error(401, "unauthorized", "missing or bad token")
-        doc_id = request.path_params["doc_id"]
-        if not valid_doc_id(doc_id):
-            return _error(400, "bad_doc_id", "document ids are 1-256 chars of [A-Za-z0-9._:~-]")
-        try:
-            wanted = [bytes.fromhex(h) for h in request.query_params.get("heads", "").split(",") if h]
-        except ValueError:
-            return _error(400, "bad_heads", "heads are comma-separated hex hashes")
-        try:
-            async with open_local(app.state.hub, doc_id, peer="http", create=False) as doc:
-                live = doc._live
-                return JSONResponse({"durable": live.is_durable(wanted), "heads": heads_hex(live.durable_heads)})
-        except DocNotFound:
-            return JSONResponse({"durable": not wanted, "heads": []})
-
-    async def post_changes(request: Request) -> Response:
-        if not await authorized(request):
-            return _error(401, "unauthorized", "missing or bad token")
-        doc_id = request.path_params["doc_id"]
-        if not valid_doc_id(doc_id):
-            return _error(400, "bad_doc_id", "document ids are 1-256 chars of [A-Za-z0-9._:~-]")
-        body = await _read_body(request, limits.max_frame_bytes)
-        if body is None:
-            return _error(413, "too_big", f"body exceeds {limits.max_frame_bytes} bytes")
-        if not body:
-            return _error(400, "bad_changes", "empty body; send Automerge bytes")
-        hub: Hub = app.state.hub
-        async with open_local(hub, doc_id, peer="http") as doc:
-            try:
-                heads = hub.merge_bytes(doc._live, body)
-            except ValueError as exc:
-                return _error(400, "bad_changes", str(exc))
-            with anyio.move_on_after(limits.flush_timeout):
-                await doc._live.wait_durable(heads)
-                return JSONResponse({"heads": heads_hex(doc._live.durable_heads)})
-        return _error(503, "flush_timeout", f"not durable within {limits.flush_timeout}s")
-
     routes = [
         WebSocketRoute("/sync", sync_endpoint),
         Route("/healthz", healthz),
-        Route("/docs/{doc_id}", get_doc),
-        Route("/docs/{doc_id}/changes", post_changes, methods=["POST"]),
-        Route("/docs/{doc_id}/durable", get_durable),
+        *doc_routes(lambda: app.state.hub, limits, authenticate),
     ]
     routes += _web_routes(Path(web_dir)) if web_dir else []
     app = Starlette(routes=routes, lifespan=lifespan)
     return app
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": code, "msg": message}, status_code=status)
-
-
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The request body, or None once it grows past ``limit``."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _web_routes(web_dir: Path) -> list[Route]:
@@ -194,7 +108,7 @@ def _web_routes(web_dir: Path) -> list[Route]:
         async def endpoint(request: Request) -> Response:
             path = web_dir / name
             if not path.is_file():
-                return _error(404, "not_built", f"{name} is not built; run `npm ci && npm run build`")
+                return error(404, "not_built", f"{name} is not built; run `npm ci && npm run build`")
             return FileResponse(path)
 
         return endpoint

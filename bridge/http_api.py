@@ -1,0 +1,107 @@
+"""HTTP routes on documents: JSON view, binary save, durable check, POST changes.
+
+``POST /docs/{id}/changes`` is also the target of a browser's
+``navigator.sendBeacon`` on ``pagehide``: the last resort for edits that did
+not make it over the WebSocket. It answers only once they are durable.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .connection import Authenticate, Limits
+from .hub import DocNotFound, Hub
+from .local import open_local
+from .messages import PROTOCOL_VERSION, Hello, valid_doc_id
+from .values import heads_hex, to_json
+
+Handler = Callable[[Request, str, Hub], Awaitable[Response]]
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "msg": message}, status_code=status)
+
+
+def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authenticate | None) -> list[Route]:
+    async def authorized(request: Request) -> bool:
+        """The same ``authenticate`` as WebSocket peers; the token comes as
+        ``?token=`` (what a beacon can carry) or a Bearer header."""
+        if authenticate is None:
+            return True
+        token = request.query_params.get("token")
+        header = request.headers.get("authorization", "")
+        if token is None and header.lower().startswith("bearer "):
+            token = header[7:]
+        verdict = authenticate(Hello(v=[PROTOCOL_VERSION], peer="http", token=token))
+        return verdict if isinstance(verdict, bool) else await verdict
+
+    def doc_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            if not await authorized(request):
+                return error(401, "unauthorized", "missing or bad token")
+            doc_id = request.path_params["doc_id"]
+            if not valid_doc_id(doc_id):
+                return error(400, "bad_doc_id", "document ids are 1-256 chars of [A-Za-z0-9._:~-]")
+            return await handler(request, doc_id, get_hub())
+
+        return endpoint
+
+    async def get_doc(request: Request, doc_id: str, hub: Hub) -> Response:
+        try:
+            async with open_local(hub, doc_id, peer="http", create=False) as doc:
+                if request.query_params.get("format") == "automerge":
+                    return Response(doc._live.doc.save(), media_type="application/octet-stream")
+                return Response(to_json(doc._live.doc), media_type="application/json")
+        except DocNotFound:
+            return error(404, "not_found", "no such document")
+
+    async def get_durable(request: Request, doc_id: str, hub: Hub) -> Response:
+        """``?heads=hex,hex``: are these heads durable here? Plus the durable heads."""
+        try:
+            wanted = [bytes.fromhex(h) for h in request.query_params.get("heads", "").split(",") if h]
+        except ValueError:
+            return error(400, "bad_heads", "heads are comma-separated hex hashes")
+        try:
+            async with open_local(hub, doc_id, peer="http", create=False) as doc:
+                live = doc._live
+                return JSONResponse({"durable": live.is_durable(wanted), "heads": heads_hex(live.durable_heads)})
+        except DocNotFound:
+            return JSONResponse({"durable": not wanted, "heads": []})
+
+    async def post_changes(request: Request, doc_id: str, hub: Hub) -> Response:
+        body = await _read_body(request, limits.max_frame_bytes)
+        if body is None:
+            return error(413, "too_big", f"body exceeds {limits.max_frame_bytes} bytes")
+        if not body:
+            return error(400, "bad_changes", "empty body; send Automerge bytes")
+        async with open_local(hub, doc_id, peer="http") as doc:
+            try:
+                heads = hub.merge_bytes(doc._live, body)
+            except ValueError as exc:
+                return error(400, "bad_changes", str(exc))
+            with anyio.move_on_after(limits.flush_timeout):
+                await doc._live.wait_durable(heads)
+                return JSONResponse({"heads": heads_hex(doc._live.durable_heads)})
+        return error(503, "flush_timeout", f"not durable within {limits.flush_timeout}s")
+
+    return [
+        Route("/docs/{doc_id}", doc_route(get_doc)),
+        Route("/docs/{doc_id}/changes", doc_route(post_changes), methods=["POST"]),
+        Route("/docs/{doc_id}/durable", doc_route(get_durable)),
+    ]
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it grows past ``limit``."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
