@@ -36,4 +36,5 @@ serve: setup
 	$(VENV)/bin/automerge-bridge serve --host $(HOST) --port $(PORT) --data-dir $(DATA)
 
 test: setup /usr/bin/chromium
+	npm test --silent
 	$(PY) -m pytest

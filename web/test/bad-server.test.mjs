@@ -7,8 +7,8 @@
 import assert from "node:assert/strict";
 import { encode } from "@msgpack/msgpack";
 import { after, afterEach, test } from "node:test";
-import { startFakeServer } from "./fake.mjs";
-import { Automerge, Clients, nextEvent, record, staysTrue, waitFor, waitStatus, within } from "./helpers.mjs";
+import { emptySyncMessage, startFakeServer } from "./fake.mjs";
+import { Clients, nextEvent, record, staysTrue, waitFor, waitStatus, within } from "./helpers.mjs";
 
 const clients = new Clients();
 const fakes = [];
@@ -21,7 +21,7 @@ process.on("uncaughtException", onStray);
 process.on("unhandledRejection", onStray);
 
 afterEach(async () => {
-  await clients.closeAll();
+  await clients.closeAll(200); // the fake does not answer flushes unless a test does
   for (const f of fakes.splice(0)) await f.close();
   assert.deepEqual(stray, [], "no uncaught exceptions or unhandled rejections");
 });
@@ -33,8 +33,8 @@ after(() => {
 /** Quick reconnects, so "it did not reconnect" windows can be short. */
 const FAST = { reconnect: { baseDelay: 20, maxDelay: 100 }, openTimeout: 2000, autoFlushDelay: false };
 
-async function fakeServer(onConnection) {
-  const fake = await startFakeServer(onConnection);
+async function fakeServer(onConnection, peerOptions) {
+  const fake = await startFakeServer(onConnection, peerOptions);
   fakes.push(fake);
   return fake;
 }
@@ -110,7 +110,7 @@ test("frames before welcome are reported; a malformed welcome times the handshak
       peer.welcome();
     }
   });
-  const c = clients.make(fake.url, { ...FAST, handshakeTimeout: 300 });
+  const c = clients.make(fake.url, { ...FAST, handshakeTimeout: 800 });
   const errors = record(c, ["error"]);
   await waitStatus(c, "saved");
   const messages = errors.of("error").map((e) => `${e.code}: ${e.message}`);
@@ -122,13 +122,8 @@ test("frames before welcome are reported; a malformed welcome times the handshak
 });
 
 test("bad Automerge data in a sync message: a document error event, and the document keeps working", async () => {
-  const fake = await fakeServer(async (peer) => {
-    await peer.handshake();
-    const open = await peer.expect("open");
-    // A real, empty sync message, so the initial sync completes.
-    const [, first] = Automerge.generateSyncMessage(Automerge.init(), Automerge.initSyncState());
-    peer.send({ t: "sync", doc: open.doc, data: first });
-  });
+  // The fake answers `open` with a real, empty sync message, so the initial sync completes.
+  const fake = await fakeServer((peer) => peer.handshake());
   const c = clients.make(fake.url, FAST);
   const doc = await within(c.open("bad-sync"), undefined, "open");
   assert.equal(doc.synced, true);
@@ -168,7 +163,8 @@ for (const [code, name] of [
     assert.equal(e.closeCode, code);
     await assert.rejects(within(opening, undefined, "open() settles"), { code: name });
     assert.equal(c.status, "offline");
-    assert.equal(fake.peers[0].frames[0].token, "wrong", "the token was sent in hello");
+    const hello = fake.peers[0].frames[0];
+    assert.deepEqual(hello, { t: "hello", v: [1], peer: c.peerId, caps: [], token: "wrong" });
     // With 20 ms backoff a reconnect would come at once; none does.
     await staysTrue(() => fake.peers.length === 1, 500, "no reconnect after a refusal");
     assert.equal(c.status, "offline");
@@ -183,19 +179,61 @@ for (const [code, name] of [
   });
 }
 
-test("close 4400 (protocol error): an error event, then the client reconnects", async () => {
-  const fake = await fakeServer(async (peer) => {
-    await peer.expect("hello");
-    if (fake.peers.length === 1) peer.close(4400, "malformed frame");
-    else peer.welcome();
+for (const [code, name] of [
+  [4400, "protocol"],
+  [1009, "too_big"],
+  [1011, "server_error"],
+]) {
+  test(`close ${code}: an error event "${name}", then the client reconnects`, async () => {
+    const fake = await fakeServer(async (peer) => {
+      await peer.expect("hello");
+      if (fake.peers.length === 1) peer.close(code, "go away");
+      else peer.welcome();
+    });
+    const c = clients.make(fake.url, FAST);
+    const e = await nextEvent(c, "error");
+    assert.equal(e.code, name);
+    assert.equal(e.closeCode, code);
+    await waitStatus(c, "saved");
+    assert.equal(fake.peers.length, 2);
   });
-  const c = clients.make(fake.url, FAST);
-  const err = nextEvent(c, "error");
-  const e = await err;
-  assert.equal(e.code, "protocol");
-  assert.equal(e.closeCode, 4400);
-  await waitStatus(c, "saved");
-  assert.equal(fake.peers.length, 2);
+}
+
+for (const code of [1001, 4409, 4429]) {
+  test(`close ${code}: no error, the client reconnects and re-opens its documents`, async () => {
+    const fake = await fakeServer(async (peer) => {
+      await peer.handshake();
+      if (fake.peers.length === 1) {
+        await peer.expect("open");
+        peer.close(code, "come back later");
+      }
+    });
+    const c = clients.make(fake.url, FAST);
+    const errors = record(c, ["error"]);
+    await c.open("reopened");
+    const second = await fake.peer(1);
+    assert.equal((await second.expect("open")).doc, "reopened");
+    await waitStatus(c, "saved");
+    assert.deepEqual(errors.of("error"), []);
+  });
+}
+
+test("close() while the socket is still connecting or handshaking returns at once", async () => {
+  const fake = await fakeServer(() => {}); // never welcomes
+  const early = clients.make(fake.url, FAST);
+  await within(early.close(), 2000, "close() right after construction");
+  assert.equal(early.status, "offline");
+  // (Whether the aborted socket above ever reached the server is up to timing.)
+  const handshaking = clients.make(fake.url, FAST);
+  await waitFor(
+    () => fake.peers.some((p) => p.frames.some((f) => f.t === "hello" && f.peer === handshaking.peerId)),
+    undefined,
+    "hello from the second client",
+  );
+  await within(handshaking.close(), 2000, "close() while waiting for welcome");
+  assert.equal(handshaking.status, "offline");
+  const connections = fake.peers.length;
+  await staysTrue(() => fake.peers.length === connections, 200, "no reconnect after close()");
 });
 
 test("a welcome for another protocol version stops the client for good", async () => {
@@ -208,17 +246,16 @@ test("a welcome for another protocol version stops the client for good", async (
 });
 
 test("a server that drops the connection without a close frame: offline, then back", async () => {
-  const fake = await fakeServer(async (peer) => {
-    await peer.handshake();
-    if (fake.peers.length === 1) {
-      await peer.expect("open");
-      peer.ws.terminate();
-    } else {
+  const fake = await fakeServer(
+    async (peer) => {
+      await peer.handshake();
       const open = await peer.expect("open");
-      const [, first] = Automerge.generateSyncMessage(Automerge.init(), Automerge.initSyncState());
-      peer.send({ t: "sync", doc: open.doc, data: first });
-    }
-  });
+      // The first connection dies before the document is synced; the second answers.
+      if (fake.peers.length === 1) peer.ws.terminate();
+      else peer.send({ t: "sync", doc: open.doc, data: emptySyncMessage() });
+    },
+    { answerOpen: false },
+  );
   const c = clients.make(fake.url, FAST);
   const statuses = record(c, ["status"]);
   const doc = await within(c.open("dropped"), undefined, "open() across the drop");
@@ -233,8 +270,7 @@ test("flush answers: a flushed for another id is ignored, an error for ours reje
   const c = clients.make(fake.url, FAST);
   await waitStatus(c, "saved");
   const peer = await fake.peer(0);
-  const doc = await c.open("fl-fake", { timeout: 100 }).catch((e) => e);
-  assert.equal(doc.id, "fl-fake", "open() resolves after openTimeout even if the server never syncs");
+  const doc = await within(c.open("fl-fake"), undefined, "open");
   doc.change((d) => {
     d.x = 1;
   });

@@ -36,10 +36,20 @@ export function freePort() {
 }
 
 const live = new Set();
-// Never leave a bridge behind, even when a test file dies half-way.
-process.on("exit", () => {
+const dataDirs = new Set();
+// Never leave a bridge or its data behind, even when a test file dies
+// half-way or the test runner stops it (SIGTERM skips "exit" handlers).
+const killAll = () => {
   for (const child of live) child.kill("SIGKILL");
-});
+  for (const dir of dataDirs) rmSync(dir, { recursive: true, force: true });
+};
+process.on("exit", killAll);
+for (const signal of ["SIGTERM", "SIGINT"]) {
+  process.once(signal, () => {
+    killAll();
+    process.exit(128 + (signal === "SIGTERM" ? 15 : 2));
+  });
+}
 
 export class Bridge {
   /** @param {{port: number, dataDir: string, extraArgs?: string[]}} opts */
@@ -133,6 +143,7 @@ export class Bridge {
   async dispose() {
     await this.stop();
     rmSync(this.dataDir, { recursive: true, force: true });
+    dataDirs.delete(this.dataDir);
   }
 
   // ------------------------------------------------------------ HTTP
@@ -164,6 +175,7 @@ export class Bridge {
 export async function startBridge({ extraArgs = [] } = {}) {
   if (!existsSync(PYTHON)) throw new Error(`no Python at ${PYTHON}: run \`make setup\` (or set BRIDGE_PYTHON)`);
   const dataDir = mkdtempSync(join(tmpdir(), "bridge-node-test-"));
+  dataDirs.add(dataDir);
   let lastError;
   for (let attempt = 0; attempt < 3; attempt++) {
     const bridge = new Bridge({ port: await freePort(), dataDir, extraArgs });

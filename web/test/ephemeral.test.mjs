@@ -38,6 +38,14 @@ test("ephemeral messages reach the other peers on the document, and only them", 
   assert.equal(ann.docs.get("eph-room").ephemeral(bytes), true);
   assert.deepEqual([...(await raw).data], [...bytes]);
 
+  // An empty payload and MessagePack nil go through too.
+  const empty = nextEvent(bob, "ephemeral");
+  ann.ephemeral("eph-room", new Uint8Array(0));
+  assert.equal((await empty).data.length, 0);
+  const nil = nextEvent(bob, "ephemeral");
+  ann.ephemeral("eph-room", null);
+  assert.equal((await nil).value, null);
+
   // Frames from one peer are relayed in order: once cat has ann's message
   // on eph-other, it would already have had any from eph-room.
   const onOther = nextEvent(cat, "ephemeral");

@@ -11,7 +11,7 @@
 import { once } from "node:events";
 import { encode } from "@msgpack/msgpack";
 import { WebSocket, WebSocketServer } from "ws";
-import { decodeClientMessage, decodeServerMessage } from "../dist/client.js";
+import { Automerge, decodeClientMessage, decodeServerMessage } from "../dist/client.js";
 import { waitFor } from "./helpers.mjs";
 
 async function listen() {
@@ -34,16 +34,32 @@ function decodeOr(decoder, data, isBinary) {
   }
 }
 
-/** One client connected to the fake server. */
+/** The sync message of an empty document: "I have nothing", so a client's open completes. */
+export function emptySyncMessage() {
+  const [, msg] = Automerge.generateSyncMessage(Automerge.init(), Automerge.initSyncState());
+  return msg;
+}
+
+/**
+ * One client connected to the fake server. Unless told otherwise it behaves
+ * like a (forgetful) bridge in two ways, so tests do not wait on timeouts:
+ * it answers `open` with an empty document's sync message and `bye` with
+ * close 1000.
+ */
 export class FakePeer {
   /** Decoded client frames, in order. */
   frames = [];
   #used = new Set();
 
-  constructor(ws) {
+  constructor(ws, { answerOpen = true, answerBye = true } = {}) {
     this.ws = ws;
     this.closed = new Promise((resolve) => ws.once("close", (code, reason) => resolve({ code, reason: reason.toString() })));
-    ws.on("message", (data, isBinary) => this.frames.push(decodeOr(decodeClientMessage, data, isBinary)));
+    ws.on("message", (data, isBinary) => {
+      const msg = decodeOr(decodeClientMessage, data, isBinary);
+      this.frames.push(msg);
+      if (answerOpen && msg.t === "open") this.send({ t: "sync", doc: msg.doc, data: emptySyncMessage() });
+      if (answerBye && msg.t === "bye") ws.close(1000, "bye");
+    });
   }
 
   /** The next not yet taken client frame of type `t` (waits for it, bounded). */
@@ -90,10 +106,11 @@ export class FakePeer {
 }
 
 /**
- * A scripted server. `onConnection(peer)` runs for every connection;
+ * A scripted server. `onConnection(peer)` runs for every connection
+ * (`peerOptions` go to each FakePeer);
  * `fake.peers` lists them in order, `fake.url` is the URL to give a client.
  */
-export async function startFakeServer(onConnection = () => {}) {
+export async function startFakeServer(onConnection = () => {}, peerOptions = {}) {
   const wss = await listen();
   const fake = {
     url: `ws://127.0.0.1:${wss.address().port}/sync`,
@@ -103,7 +120,7 @@ export async function startFakeServer(onConnection = () => {}) {
     close: () => shutDown(wss),
   };
   wss.on("connection", (ws) => {
-    const peer = new FakePeer(ws);
+    const peer = new FakePeer(ws, peerOptions);
     fake.peers.push(peer);
     Promise.resolve()
       .then(() => onConnection(peer))

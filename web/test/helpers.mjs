@@ -134,10 +134,11 @@ export class Clients {
     return client;
   }
 
-  async closeAll() {
+  /** Close every client made here; `timeout` bounds each one's final flush. */
+  async closeAll(timeout = 1000) {
     const all = [...this.#all];
     this.#all.clear();
-    await Promise.all(all.map((c) => c.close({ timeout: 1000 }).catch(() => {})));
+    await Promise.all(all.map((c) => c.close({ timeout }).catch(() => {})));
   }
 }
 
