@@ -192,3 +192,12 @@ def test_indicator_goes_saving_then_saved(context, bridge):
     eventually(lambda: page.get_attribute("#status", "data-status") == "saved", what="saved")
     seen = page.evaluate("() => window.seen")
     assert seen.index("saving") < len(seen) - 1 - seen[::-1].index("saved")
+
+
+def test_presence_shows_who_is_here_by_name(context, bridge):
+    a, b = open_demo(context, bridge, "presence"), open_demo(context, bridge, "presence")
+    a.fill("#name", "Ada")
+    b.fill("#name", "Grace")
+    eventually(lambda: "Grace" in a.inner_text("#people") and "Ada" in b.inner_text("#people"), what="names")
+    b.close()
+    eventually(lambda: "Grace" not in a.inner_text("#people"), what="Grace to leave")
