@@ -201,3 +201,35 @@ def test_presence_shows_who_is_here_by_name(context, bridge):
     eventually(lambda: "Grace" in a.inner_text("#people") and "Ada" in b.inner_text("#people"), what="names")
     b.close()
     eventually(lambda: "Grace" not in a.inner_text("#people"), what="Grace to leave")
+
+
+def test_warn_on_unsaved_prompts_only_while_something_is_unsaved(browser, context, bridge):
+    dialogs = []
+
+    def answer(dialog):
+        dialogs.append(dialog.type)
+        dialog.accept()
+
+    saved_page = open_demo(context, bridge, "warn-saved")
+    saved_page.on("dialog", answer)
+    saved_page.click("#text")
+    saved_page.keyboard.type("safe")
+    saved_page.evaluate("() => window.bridgeClient.flush()")
+    with saved_page.expect_event("close"):
+        saved_page.close(run_before_unload=True)
+    assert dialogs == [], "nothing unsaved: no prompt"
+
+    # A socket that never reaches the server keeps the next edits unsaved.
+    cut_off = browser.new_context()
+    cut_off.route_web_socket("**/sync", lambda ws: None)
+    cut_off.add_init_script("navigator.sendBeacon = () => false;")
+    page = cut_off.new_page()
+    page.on("dialog", answer)
+    page.goto(f"{bridge.http_url}/#warn-unsaved")
+    page.wait_for_selector("#text:not([disabled])", timeout=15_000)
+    page.click("#text")
+    page.keyboard.type("unsaved")
+    with page.expect_event("close"):  # the handler accepts the prompt, then it closes
+        page.close(run_before_unload=True)
+    assert dialogs == ["beforeunload"]
+    cut_off.close()
