@@ -13,7 +13,7 @@ DATA   ?= data
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e ".[test,bench]"
 	touch $@
 
 node_modules/.installed: package.json package-lock.json

@@ -37,8 +37,9 @@ class Subscriber(Protocol):
     def doc_changed(self, doc_id: str) -> None:
         """The document gained changes; generate sync messages when convenient."""
 
-    def doc_saved(self, doc_id: str, heads: list[bytes]) -> None:
-        """The document's durable heads advanced."""
+    def doc_saved(self, doc_id: str, heads: list[bytes], own: bool) -> None:
+        """The document's durable heads advanced; ``own`` when changes this
+        subscriber sent are among the ones that just became durable."""
 
     def ephemeral(self, doc_id: str, sender: str, data: bytes) -> None: ...
 
@@ -54,6 +55,9 @@ class LiveDoc:
         self.changes_since_snapshot = stored_changes
         # Hashes accepted but not yet committed, in acceptance order.
         self._unsaved: dict[bytes, None] = {}
+        # Hashes committed since load: answers most flushes without the
+        # index, whose first build walks the whole history on the loop.
+        self._committed_since_load: set[bytes] = set()
         self._index = HashIndex(doc)
         self._durable_advanced = anyio.Event()
         self._unload_scope: anyio.CancelScope | None = None
@@ -68,6 +72,7 @@ class LiveDoc:
     def _committed(self, hashes: list[bytes], heads: list[bytes]) -> None:
         for change_hash in hashes:
             self._unsaved.pop(change_hash, None)
+        self._committed_since_load.update(hashes)
         self.durable_heads = heads
         self._durable_advanced.set()
         self._durable_advanced = anyio.Event()
@@ -79,7 +84,8 @@ class LiveDoc:
             return True
         if any(h in self._unsaved for h in pending):
             return False
-        return self._index.contains_all(pending)
+        pending = [h for h in pending if h not in self._committed_since_load]
+        return not pending or self._index.contains_all(pending)
 
     async def wait_durable(self, heads: list[bytes]) -> None:
         """Return once every hash in ``heads`` is durable (callers bound the wait)."""
@@ -196,7 +202,7 @@ class Hub:
         live._accepted(hashes)
         self.writer.submit(
             AppendChanges(live.doc_id, [(c.hash, c.bytes) for c in changes]),
-            lambda: self._on_durable(live, hashes, heads),
+            lambda: self._on_durable(live, hashes, heads, origin),
         )
         live.changes_since_snapshot += len(changes)
         if live.changes_since_snapshot >= self.compact_after:
@@ -207,12 +213,12 @@ class Hub:
     def _compact(self, live: LiveDoc) -> None:
         heads = live.doc.get_heads()
         live.changes_since_snapshot = 0
-        self.writer.submit(Compact(live.doc_id, live.doc.save()), lambda: self._on_durable(live, [], heads))
+        self.writer.submit(Compact(live.doc_id, live.doc.save()), lambda: self._on_durable(live, [], heads, None))
 
-    def _on_durable(self, live: LiveDoc, hashes: list[bytes], heads: list[bytes]) -> None:
+    def _on_durable(self, live: LiveDoc, hashes: list[bytes], heads: list[bytes], origin: Subscriber | None) -> None:
         live._committed(hashes, heads)
         for subscriber in list(live.subscribers):
-            subscriber.doc_saved(live.doc_id, heads)
+            subscriber.doc_saved(live.doc_id, heads, subscriber is origin)
 
     def change_locally(self, live: LiveDoc, heads_before: list[bytes], origin: Subscriber | None) -> list[bytes]:
         """Accept whatever was applied to the document since ``heads_before``."""

@@ -90,7 +90,7 @@ class LocalDoc:
         if not self._changing_myself:
             self._changed.set()
 
-    def doc_saved(self, doc_id: str, heads: list[bytes]) -> None:
+    def doc_saved(self, doc_id: str, heads: list[bytes], own: bool) -> None:
         pass
 
     def ephemeral(self, doc_id: str, sender: str, data: bytes) -> None:

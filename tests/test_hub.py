@@ -156,3 +156,22 @@ async def test_http_routes_use_the_same_authentication(tmp_path):
             answer = await http.get("/docs/auth", headers={"Authorization": "Bearer sesame"})
             assert answer.json() == {"a": 1}
             assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_durability_of_old_new_and_unknown_heads(tmp_path):
+    app = create_app(data_dir=tmp_path, web_dir=None)
+    async with serve_in_task(app):
+        async with open_local(app.state.hub, "heads") as doc:
+            with doc.change() as d:
+                d["n"] = 1
+            first = doc.heads
+            await doc.flush()
+        async with open_local(app.state.hub, "heads") as doc:
+            live = doc._live
+            with doc.change() as d:
+                d["n"] = 2
+            second = doc.heads
+            assert not live.is_durable(second), "accepted, not yet committed"
+            await doc.flush()
+            assert live.is_durable(first) and live.is_durable(second) and live.is_durable(first + second)
+            assert not live.is_durable([b"\x09" * 32])
