@@ -3,23 +3,15 @@
 // documents, never stored.
 
 import assert from "node:assert/strict";
-import { after, afterEach, before, test } from "node:test";
-import { startBridge } from "./bridge.mjs";
-import { Clients, nextEvent, record, waitFor } from "./helpers.mjs";
+import { test } from "node:test";
+import { useBridge, nextEvent, record, waitFor } from "./helpers.mjs";
 
-let bridge;
-const clients = new Clients();
-
-before(async () => {
-  bridge = await startBridge();
-});
-afterEach(() => clients.closeAll());
-after(() => bridge?.dispose());
+const env = useBridge();
 
 test("ephemeral messages reach the other peers on the document, and only them", async () => {
-  const ann = await clients.online(bridge.wsUrl, { peerId: "ann" });
-  const bob = await clients.online(bridge.wsUrl, { peerId: "bob" });
-  const cat = await clients.online(bridge.wsUrl, { peerId: "cat" });
+  const ann = await env.clients.online(env.bridge.wsUrl, { peerId: "ann" });
+  const bob = await env.clients.online(env.bridge.wsUrl, { peerId: "bob" });
+  const cat = await env.clients.online(env.bridge.wsUrl, { peerId: "cat" });
   await Promise.all([ann.open("eph-room"), ann.open("eph-other"), bob.open("eph-room"), cat.open("eph-other")]);
   const annGot = record(ann, ["ephemeral"]);
   const catGot = record(cat, ["ephemeral"]);
@@ -65,18 +57,18 @@ test("ephemeral messages reach the other peers on the document, and only them", 
   assert.deepEqual(annGot.of("ephemeral").map((e) => e.from), ["bob"]);
 
   // Presence is never stored.
-  assert.deepEqual(await bridge.doc("eph-room"), {});
+  assert.deepEqual(await env.bridge.doc("eph-room"), {});
 });
 
 test("ephemeral() is refused while not connected, and works again after reconnecting", async () => {
-  const a = await clients.online(bridge.wsUrl, { peerId: "eph-a" });
-  const b = await clients.online(bridge.wsUrl, { peerId: "eph-b" });
+  const a = await env.clients.online(env.bridge.wsUrl, { peerId: "eph-a" });
+  const b = await env.clients.online(env.bridge.wsUrl, { peerId: "eph-b" });
   await Promise.all([a.open("eph-rc"), b.open("eph-rc")]);
-  await bridge.kill9();
+  await env.bridge.kill9();
   await nextEvent(a, "status", { filter: (s) => s === "offline" });
   assert.equal(a.ephemeral("eph-rc", { lost: true }), false);
 
-  await bridge.start();
+  await env.bridge.start();
   // Both re-open the document on their new connections by themselves; once
   // each has synced it, the server has each one subscribed again.
   const [da, db] = [a.docs.get("eph-rc"), b.docs.get("eph-rc")];

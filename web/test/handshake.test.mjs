@@ -2,21 +2,14 @@
 // "connecting" -> "saved" / "saving", and a fresh session per connection.
 
 import assert from "node:assert/strict";
-import { after, afterEach, before, test } from "node:test";
+import { test } from "node:test";
 import { startBridge } from "./bridge.mjs";
-import { Clients, nextEvent, record, waitFor, waitStatus } from "./helpers.mjs";
+import { useBridge, nextEvent, record, waitFor, waitStatus } from "./helpers.mjs";
 
-let bridge;
-const clients = new Clients();
-
-before(async () => {
-  bridge = await startBridge();
-});
-afterEach(() => clients.closeAll());
-after(() => bridge?.dispose());
+const env = useBridge();
 
 test("a new client is connecting, gets welcome from the server, then is saved", async () => {
-  const client = clients.make(bridge.wsUrl, { peerId: "handshake-peer" });
+  const client = env.clients.make(env.bridge.wsUrl, { peerId: "handshake-peer" });
   assert.equal(client.status, "connecting");
   assert.equal(client.welcome, null);
   const rec = record(client, ["welcome", "status"]);
@@ -25,7 +18,7 @@ test("a new client is connecting, gets welcome from the server, then is saved", 
   await waitStatus(client, "saved");
 
   // The welcome is the server's: its peer id is the one /healthz reports.
-  assert.equal(welcome.peer, bridge.peer);
+  assert.equal(welcome.peer, env.bridge.peer);
   assert.match(welcome.session, /^[0-9a-f]{16}$/);
   assert.deepEqual(welcome.caps, []);
   assert.equal(typeof welcome.limits.max_frame_bytes, "number");
@@ -36,7 +29,7 @@ test("a new client is connecting, gets welcome from the server, then is saved", 
 });
 
 test("a change goes saving -> saved once the server has it durable", async () => {
-  const client = await clients.online(bridge.wsUrl, { autoFlushDelay: 0 });
+  const client = await env.clients.online(env.bridge.wsUrl, { autoFlushDelay: 0 });
   const doc = await client.open("hs-doc");
   assert.equal(client.status, "saved");
   const statuses = record(client, ["status"]);
@@ -50,12 +43,12 @@ test("a change goes saving -> saved once the server has it durable", async () =>
   assert.equal(doc.unsaved, false);
   assert.deepEqual(statuses.of("status"), ["saving", "saved"]);
   // "saved" is a promise about the server's disk.
-  assert.equal((await bridge.durable("hs-doc", doc.heads)).durable, true);
+  assert.equal((await env.bridge.durable("hs-doc", doc.heads)).durable, true);
 });
 
 test("every connection gets its own session; the server's peer stays the same", async () => {
-  const a = clients.make(bridge.wsUrl);
-  const b = clients.make(bridge.wsUrl);
+  const a = env.clients.make(env.bridge.wsUrl);
+  const b = env.clients.make(env.bridge.wsUrl);
   const [wa, wb] = await Promise.all([nextEvent(a, "welcome"), nextEvent(b, "welcome")]);
   assert.equal(wa.peer, wb.peer);
   assert.notEqual(wa.session, wb.session);
@@ -65,7 +58,7 @@ test("a client started before the server comes up connects once it is there", as
   const late = await startBridge();
   await late.stop();
   try {
-    const client = clients.make(late.wsUrl);
+    const client = env.clients.make(late.wsUrl);
     // Nobody listens: the client goes offline and keeps trying.
     await waitStatus(client, "offline");
     assert.equal(client.ephemeral("x", { hi: 1 }), false, "ephemeral() is refused while offline");
@@ -73,13 +66,13 @@ test("a client started before the server comes up connects once it is there", as
     await waitStatus(client, "saved");
     assert.equal(client.welcome.peer, late.peer);
   } finally {
-    await clients.closeAll();
+    await env.clients.closeAll();
     await late.dispose();
   }
 });
 
 test("open() resolves with the server's state after the initial sync", async () => {
-  const writer = await clients.online(bridge.wsUrl);
+  const writer = await env.clients.online(env.bridge.wsUrl);
   const w = await writer.open("hs-state");
   w.change((d) => {
     d.n = 42;
@@ -87,7 +80,7 @@ test("open() resolves with the server's state after the initial sync", async () 
   });
   await w.flush();
 
-  const reader = clients.make(bridge.wsUrl); // still connecting when open() is called
+  const reader = env.clients.make(env.bridge.wsUrl); // still connecting when open() is called
   const r = await reader.open("hs-state");
   assert.equal(r.synced, true);
   assert.deepEqual(r.heads, w.heads);

@@ -2,9 +2,11 @@
 // Every wait here has a deadline and fails with a message saying what it
 // waited for; no test sleeps and then hopes.
 
+import { after, afterEach, before } from "node:test";
 import { isDeepStrictEqual } from "node:util";
 import { WebSocket } from "ws";
 import { BridgeClient } from "../dist/client.js";
+import { startBridge } from "./bridge.mjs";
 
 export { Automerge, BridgeClient, BridgeError, MemoryStore } from "../dist/client.js";
 
@@ -145,4 +147,18 @@ export class Clients {
 /** Plain JSON copy of an Automerge document (Text becomes a string), as GET /docs/{id} returns it. */
 export function plain(value) {
   return JSON.parse(JSON.stringify(value));
+}
+
+/**
+ * One real bridge for the test file and a Clients tracker closed after each
+ * test: `const env = useBridge();` then `env.bridge`, `env.clients`.
+ */
+export function useBridge(options) {
+  const env = { bridge: undefined, clients: new Clients() };
+  before(async () => {
+    env.bridge = await startBridge(options);
+  });
+  afterEach(() => env.clients.closeAll());
+  after(() => env.bridge?.dispose());
+  return env;
 }

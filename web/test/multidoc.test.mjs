@@ -3,21 +3,13 @@
 // syncing.
 
 import assert from "node:assert/strict";
-import { after, afterEach, before, test } from "node:test";
-import { startBridge } from "./bridge.mjs";
-import { Clients, nextEvent, plain, waitEqual, waitFor, waitStatus } from "./helpers.mjs";
+import { test } from "node:test";
+import { useBridge, nextEvent, plain, waitEqual, waitFor, waitStatus } from "./helpers.mjs";
 
-let bridge;
-const clients = new Clients();
-
-before(async () => {
-  bridge = await startBridge();
-});
-afterEach(() => clients.closeAll());
-after(() => bridge?.dispose());
+const env = useBridge();
 
 test("two documents on one connection stay separate and both converge with a second client", async () => {
-  const a = await clients.online(bridge.wsUrl);
+  const a = await env.clients.online(env.bridge.wsUrl);
   const welcomes = [];
   a.on("welcome", (w) => welcomes.push(w));
   const [notes, todo] = await Promise.all([a.open("md-notes"), a.open("md-todo")]);
@@ -35,11 +27,11 @@ test("two documents on one connection stay separate and both converge with a sec
   assert.equal(todo.value.text, undefined);
   await a.flush(); // both documents, one request
 
-  assert.deepEqual(await bridge.doc("md-notes"), { text: "first note" });
-  assert.deepEqual(await bridge.doc("md-todo"), { items: [{ title: "milk", done: false }] });
+  assert.deepEqual(await env.bridge.doc("md-notes"), { text: "first note" });
+  assert.deepEqual(await env.bridge.doc("md-todo"), { items: [{ title: "milk", done: false }] });
 
   // A second client on both documents gets both, each with its own content.
-  const b = await clients.online(bridge.wsUrl);
+  const b = await env.clients.online(env.bridge.wsUrl);
   const [bNotes, bTodo] = await Promise.all([b.open("md-notes"), b.open("md-todo")]);
   assert.deepEqual(plain(bNotes.value), { text: "first note" });
   assert.deepEqual(plain(bTodo.value), { items: [{ title: "milk", done: false }] });
@@ -78,14 +70,14 @@ test("two documents on one connection stay separate and both converge with a sec
   assert.ok(aTodoChanges.every((e) => e.value.text === undefined));
 
   await Promise.all([a.flush(), b.flush()]);
-  assert.deepEqual(await bridge.doc("md-notes"), want.notes);
-  assert.deepEqual(await bridge.doc("md-todo"), want.todo);
+  assert.deepEqual(await env.bridge.doc("md-notes"), want.notes);
+  assert.deepEqual(await env.bridge.doc("md-todo"), want.todo);
   assert.equal(welcomes.length, 0, "all of it on the one connection");
 });
 
 test("closing one document leaves the others on the connection syncing", async () => {
-  const a = await clients.online(bridge.wsUrl);
-  const b = await clients.online(bridge.wsUrl);
+  const a = await env.clients.online(env.bridge.wsUrl);
+  const b = await env.clients.online(env.bridge.wsUrl);
   const [a1, a2] = await Promise.all([a.open("md-close-1"), a.open("md-close-2")]);
   const [b1, b2] = await Promise.all([b.open("md-close-1"), b.open("md-close-2")]);
 
@@ -97,7 +89,7 @@ test("closing one document leaves the others on the connection syncing", async (
   await closed;
   assert.equal(a1.closed, true);
   assert.equal(a.docs.has("md-close-1"), false);
-  assert.deepEqual(await bridge.doc("md-close-1"), { v: "last word" });
+  assert.deepEqual(await env.bridge.doc("md-close-1"), { v: "last word" });
   assert.throws(() => a1.change((d) => (d.v = "too late")), { code: "closed" });
   await waitFor(() => b1.value.v === "last word", undefined, "b sees a's last word on doc 1");
 

@@ -3,22 +3,14 @@
 // by themselves, edits made meanwhile sync, nothing flushed before is lost.
 
 import assert from "node:assert/strict";
-import { after, afterEach, before, test } from "node:test";
-import { startBridge } from "./bridge.mjs";
-import { Clients, MemoryStore, nextEvent, plain, record, track, waitEqual, waitFor, waitStatus, within } from "./helpers.mjs";
+import { test } from "node:test";
+import { useBridge, MemoryStore, nextEvent, plain, record, track, waitEqual, waitFor, waitStatus, within } from "./helpers.mjs";
 
-let bridge;
-const clients = new Clients();
-
-before(async () => {
-  bridge = await startBridge();
-});
-afterEach(() => clients.closeAll());
-after(() => bridge?.dispose());
+const env = useBridge();
 
 test("kill -9 and restart: clients reconnect by themselves, offline edits sync, flushed edits survive", async () => {
-  const a = await clients.online(bridge.wsUrl, { peerId: "rc-a" });
-  const b = await clients.online(bridge.wsUrl, { peerId: "rc-b" });
+  const a = await env.clients.online(env.bridge.wsUrl, { peerId: "rc-a" });
+  const b = await env.clients.online(env.bridge.wsUrl, { peerId: "rc-b" });
   const da = await a.open("rc-doc");
   const db = await b.open("rc-doc");
   da.change((d) => {
@@ -30,7 +22,7 @@ test("kill -9 and restart: clients reconnect by themselves, offline edits sync, 
   const sessionBefore = a.welcome.session;
   const aStatus = record(a, ["status", "welcome"]);
 
-  await bridge.kill9();
+  await env.bridge.kill9();
   await Promise.all([waitStatus(a, "offline"), waitStatus(b, "offline")]);
   assert.equal(da.synced, false);
 
@@ -47,7 +39,7 @@ test("kill -9 and restart: clients reconnect by themselves, offline edits sync, 
   assert.equal(a.hasUnsavedChanges, true);
   assert.equal(a.status, "offline", "unsaved edits do not hide that we are offline");
 
-  await bridge.start();
+  await env.bridge.start();
   // Back by themselves, without anyone calling anything.
   await Promise.all([waitStatus(a, "saved"), waitStatus(b, "saved")]);
   assert.notEqual(a.welcome.session, sessionBefore, "a new session on the restarted server");
@@ -59,14 +51,14 @@ test("kill -9 and restart: clients reconnect by themselves, offline edits sync, 
   await waitFor(() => da.value.fromB && db.value.fromA, undefined, "offline edits crossed over");
   await waitEqual(() => plain(db.value), plain(da.value), "a and b converged");
   assert.deepEqual([...da.value.log].sort(), ["a-offline", "a0", "b-offline"]);
-  assert.equal((await bridge.durable("rc-doc", da.heads)).durable, true);
-  const server = await bridge.doc("rc-doc");
+  assert.equal((await env.bridge.durable("rc-doc", da.heads)).durable, true);
+  const server = await env.bridge.doc("rc-doc");
   assert.equal(server.before, "flushed before the crash");
   assert.deepEqual(server, plain(da.value));
 });
 
 test("flush, kill -9 at once, restart: every flushed edit is there (5 rounds)", async () => {
-  const c = await clients.online(bridge.wsUrl, { autoFlushDelay: false });
+  const c = await env.clients.online(env.bridge.wsUrl, { autoFlushDelay: false });
   const doc = await c.open("rc-rounds");
   for (let round = 0; round < 5; round++) {
     for (let i = 0; i < 20; i++) {
@@ -77,43 +69,43 @@ test("flush, kill -9 at once, restart: every flushed edit is there (5 rounds)", 
       });
     }
     await doc.flush();
-    await bridge.kill9(); // nothing gets a chance to finish writing
-    await bridge.start();
-    const server = await bridge.doc("rc-rounds");
+    await env.bridge.kill9(); // nothing gets a chance to finish writing
+    await env.bridge.start();
+    const server = await env.bridge.doc("rc-rounds");
     for (let i = 0; i < 20; i++) assert.equal(server[`r${round}_${i}`], i, `round ${round} edit ${i} survived`);
     assert.equal(server.text, "0".repeat(20) + [...Array(round)].map((_, r) => String(r + 1).repeat(20)).join(""));
     await waitStatus(c, "saved");
   }
-  assert.deepEqual(await bridge.doc("rc-rounds"), plain(doc.value));
+  assert.deepEqual(await env.bridge.doc("rc-rounds"), plain(doc.value));
 });
 
 test("a graceful restart (SIGTERM) also brings the client back with its edits", async () => {
-  const c = await clients.online(bridge.wsUrl);
+  const c = await env.clients.online(env.bridge.wsUrl);
   const doc = await c.open("rc-graceful");
   doc.change((d) => {
     d.one = 1;
   });
   await doc.flush();
-  await bridge.stop();
+  await env.bridge.stop();
   await waitStatus(c, "offline");
   doc.change((d) => {
     d.two = 2;
   });
-  await bridge.start();
+  await env.bridge.start();
   await within(doc.flush(), undefined, "flush after the restart");
-  assert.deepEqual(await bridge.doc("rc-graceful"), { one: 1, two: 2 });
+  assert.deepEqual(await env.bridge.doc("rc-graceful"), { one: 1, two: 2 });
   await waitStatus(c, "saved");
 });
 
 test("open() while the server is down resolves with local state and syncs later", async () => {
-  const c = await clients.online(bridge.wsUrl);
+  const c = await env.clients.online(env.bridge.wsUrl);
   const seed = await c.open("rc-seed");
   seed.change((d) => {
     d.seeded = true;
   });
   await seed.flush();
 
-  await bridge.kill9();
+  await env.bridge.kill9();
   await waitStatus(c, "offline");
   const doc = await within(c.open("rc-late-open"), undefined, "open while offline");
   assert.equal(doc.synced, false);
@@ -122,16 +114,16 @@ test("open() while the server is down resolves with local state and syncs later"
   });
   const flushed = track(doc.flush());
   const synced = nextEvent(doc, "synced");
-  await bridge.start();
+  await env.bridge.start();
   await within(flushed.promise, undefined, "flush of a doc opened offline");
   await synced;
-  assert.deepEqual(await bridge.doc("rc-late-open"), { madeOffline: "yes" });
-  assert.deepEqual(await bridge.doc("rc-seed"), { seeded: true });
+  assert.deepEqual(await env.bridge.doc("rc-late-open"), { madeOffline: "yes" });
+  assert.deepEqual(await env.bridge.doc("rc-seed"), { seeded: true });
 });
 
 test("edits kept in local storage by a client that could not save reach the server through the next one", async () => {
   const store = new MemoryStore();
-  const first = await clients.online(bridge.wsUrl, { storage: store });
+  const first = await env.clients.online(env.bridge.wsUrl, { storage: store });
   const doc = await first.open("rc-stored");
   doc.change((d) => {
     d.saved = "online";
@@ -139,7 +131,7 @@ test("edits kept in local storage by a client that could not save reach the serv
   await doc.flush();
   await waitFor(() => store.size === 0, undefined, "local copy cleared once durable");
 
-  await bridge.kill9();
+  await env.bridge.kill9();
   await waitStatus(first, "offline");
   doc.change((d) => {
     d.unsaved = "made offline, never sent";
@@ -150,12 +142,12 @@ test("edits kept in local storage by a client that could not save reach the serv
   assert.equal(first.status, "offline");
   assert.ok(store.size > 0, "unsaved edits stay in local storage");
 
-  await bridge.start();
-  const second = await clients.online(bridge.wsUrl, { storage: store });
+  await env.bridge.start();
+  const second = await env.clients.online(env.bridge.wsUrl, { storage: store });
   const again = await second.open("rc-stored");
   assert.equal(again.value.unsaved, "made offline, never sent");
   await within(again.flush(), undefined, "flush of the restored edits");
-  assert.deepEqual(await bridge.doc("rc-stored"), { saved: "online", unsaved: "made offline, never sent" });
+  assert.deepEqual(await env.bridge.doc("rc-stored"), { saved: "online", unsaved: "made offline, never sent" });
   await waitStatus(second, "saved");
   await waitFor(() => store.size === 0, undefined, "local copy cleared once the restored edits are durable");
 });
