@@ -23,10 +23,17 @@ async def write_until_killed(bridge, kill_after_flushes: int) -> tuple[set[int],
     async with BridgeClient(bridge.ws_url, backoff_initial=0.05) as client, anyio.create_task_group() as tg:
         doc = await client.open("crash")
         written = []
+        in_flight = [0]
+        progress = [anyio.Event()]
 
         async def flush_and_record(keys):
-            await doc.flush(timeout=60)
-            flushed.update(keys)
+            try:
+                await doc.flush(timeout=60)
+                flushed.update(keys)
+            finally:
+                in_flight[0] -= 1
+                progress[0].set()
+                progress[0] = anyio.Event()
 
         for i in range(10_000):
             with doc.change() as d:
@@ -35,12 +42,18 @@ async def write_until_killed(bridge, kill_after_flushes: int) -> tuple[set[int],
             if doc.server_durable_heads:
                 saved_heads.append(list(doc.server_durable_heads))
             if i % 3 == 2:
+                in_flight[0] += 1
                 tg.start_soon(flush_and_record, list(written))
-                await anyio.sleep(0.002)
+                # Keep a couple of flushes in flight (so the kill lands among
+                # them) without letting the writer run arbitrarily far ahead.
+                with anyio.fail_after(30):
+                    while in_flight[0] >= 2:
+                        await progress[0].wait()
             if len(flushed) >= kill_after_flushes * 3:
+                print(f"killed with {in_flight[0]} flushes in flight after {i + 1} changes")
                 os.kill(bridge.process.pid, signal.SIGKILL)
                 break
-        bridge.process.wait()
+        bridge.process.wait(10)  # raises if the loop ended without a kill
         tg.cancel_scope.cancel()
         client.abandon()
     return flushed, saved_heads

@@ -43,7 +43,7 @@ async def test_writes_that_arrive_during_a_commit_share_the_next_one():
         for i in range(200):
             committer.submit(AppendChanges(f"d{i % 7}", [(bytes([i]) * 32, b"x")]), lambda i=i: durable.append(i))
             if i % 50 == 0:
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
         with anyio.fail_after(10):
             await committer.drain()
         tg.cancel_scope.cancel()
