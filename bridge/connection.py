@@ -21,7 +21,8 @@ import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import messages as m
-from .hub import DocNotFound, Hub, LiveDoc
+from .core.binding import CoreFailure
+from .hub import DocNotFound, DocUnavailable, Hub, LiveDoc
 from .messages import CloseCode, ErrorCode, ProtocolError
 from .outbox import Outbox, OutboxOverflow
 from .session import BadSyncMessage, DocSync
@@ -149,7 +150,7 @@ class PeerConnection:
         while True:
             message = m.decode_client(await self._receive_frame())
             if isinstance(message, m.Sync):
-                self._on_sync(message)
+                await self._on_sync(message)
             elif isinstance(message, m.Open):
                 await self._on_open(message.doc)
             elif isinstance(message, m.Flush):
@@ -189,22 +190,40 @@ class PeerConnection:
             except DocNotFound:
                 self._error(ErrorCode.NOT_FOUND, "no such document", doc_id)
                 return
-            self._docs[doc_id] = (live, DocSync(live.doc))
+            except DocUnavailable:
+                self._error(ErrorCode.UNAVAILABLE, "the document's stored state cannot be loaded; an operator has been told", doc_id)
+                return
+            self._docs[doc_id] = (live, live.guarded_sync(self.hub.bounds))
         self.doc_changed(doc_id)
         # Tell the peer what is durable already: a client waits for its
         # document to include these heads before it calls the open complete.
         self.doc_saved(doc_id, self._docs[doc_id][0].durable_heads, own=True)
 
-    def _on_sync(self, message: m.Sync) -> None:
+    async def _on_sync(self, message: m.Sync) -> None:
         if not self._opened(message.doc):
             return
         live, sync = self._docs[message.doc]
+        if live.recovering is not None:
+            # Apply nothing to a copy being replaced, and drop nothing either:
+            # the message waits for the reload, then goes to the fresh copy.
+            await live.recovering.wait()
+            if message.doc not in self._docs:
+                return
         try:
             changes = sync.receive(message.data)
         except BadSyncMessage as exc:
             log.warning("peer %s doc %s: %s", self.peer, message.doc, exc)
             self._error(ErrorCode.BAD_SYNC, str(exc), message.doc)
             self.hub.accept(live, exc.applied, self)
+            self.doc_changed(message.doc)
+            return
+        except CoreFailure as exc:
+            # The core failed half-way: what it applied is not trusted. The
+            # document goes back to its durable (plus accepted) state and
+            # every peer resyncs; this peer hears that its message was bad.
+            log.warning("peer %s doc %s: the core failed on its message: %s", self.peer, message.doc, exc)
+            self._error(ErrorCode.BAD_SYNC, "the sync message could not be applied", message.doc)
+            await self.hub.recover(live, exc)
             return
         self.hub.accept(live, changes, self)
         self.doc_changed(message.doc)  # answer even when nothing was new
@@ -213,13 +232,19 @@ class PeerConnection:
         for doc_id in message.docs:
             if not self._opened(doc_id, message.id):
                 return
-        self._tg.start_soon(self._answer_flush, message)
+        # The documents as they are now, while the flush is read: the answer
+        # runs later, and the peer may `close` one of them meanwhile.
+        self._tg.start_soon(self._answer_flush, message, {doc_id: self._docs[doc_id][0] for doc_id in message.docs})
 
-    async def _answer_flush(self, message: m.Flush) -> None:
+    async def _answer_flush(self, message: m.Flush, docs: dict[str, LiveDoc]) -> None:
+        # Answers for the documents captured when the flush was read, never by
+        # looking them up again: a document closed since still gets a correct
+        # answer, because durability belongs to the document, not to this
+        # connection's subscription (its LiveDoc keeps learning of commits).
         with anyio.move_on_after(self.limits.flush_timeout):
             for doc_id, heads in message.docs.items():
-                await self._docs[doc_id][0].wait_durable(heads)
-            durable = {doc_id: self._docs[doc_id][0].durable_heads for doc_id in message.docs}
+                await docs[doc_id].wait_durable(heads)
+            durable = {doc_id: live.durable_heads for doc_id, live in docs.items()}
             self._send(m.Flushed(id=message.id, docs=durable))
             return
         self._error(ErrorCode.FLUSH_TIMEOUT, f"not durable within {self.limits.flush_timeout}s", None, message.id)
@@ -240,6 +265,12 @@ class PeerConnection:
 
     def doc_changed(self, doc_id: str) -> None:
         self._outbox.mark_dirty(doc_id)
+
+    def doc_reloaded(self, doc_id: str) -> None:
+        if doc_id in self._docs:
+            live, sync = self._docs[doc_id]
+            sync.rebind(live.doc)
+            self._outbox.mark_dirty(doc_id)
 
     def doc_saved(self, doc_id: str, heads: list[bytes], own: bool) -> None:
         # The peer whose changes just became durable hears it at once: that is
@@ -283,4 +314,16 @@ class PeerConnection:
     def _sync_frames(self, doc_id: str) -> list[bytes]:
         if doc_id not in self._docs:
             return []
-        return [m.encode(m.Sync(doc=doc_id, data=data)) for data in self._docs[doc_id][1].generate()]
+        live, sync = self._docs[doc_id]
+        if live.recovering is not None:
+            return []  # doc_reloaded marks it dirty again
+        try:
+            return [m.encode(m.Sync(doc=doc_id, data=data)) for data in sync.generate()]
+        except CoreFailure as exc:
+            # What this peer told us (its have/need) made the core fail:
+            # forget it and start this peer's sync over.
+            log.warning("peer %s doc %s: generating a sync message failed: %s", self.peer, doc_id, exc)
+            sync.reset()
+            self._error(ErrorCode.BAD_SYNC, "your sync state could not be served; starting over", doc_id)
+            self.hub.damaged(live, exc)
+            return []

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .connection import Authenticate, Limits
-from .hub import DocNotFound, Hub
+from .hub import DocNotFound, DocUnavailable, Hub
 from .local import open_local
 from .messages import PROTOCOL_VERSION, Hello, valid_doc_id
 from .values import heads_hex, to_json
@@ -47,7 +47,10 @@ def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authent
             doc_id = request.path_params["doc_id"]
             if not valid_doc_id(doc_id):
                 return error(400, "bad_doc_id", "document ids are 1-256 chars of [A-Za-z0-9._:~-]")
-            return await handler(request, doc_id, get_hub())
+            try:
+                return await handler(request, doc_id, get_hub())
+            except DocUnavailable:
+                return error(503, "unavailable", "the document's stored state cannot be loaded; an operator has been told")
 
         return endpoint
 

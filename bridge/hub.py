@@ -6,6 +6,23 @@ hands every accepted change to group commit, tells subscribers when a
 document changed (they generate their own sync messages) and when its durable
 heads advanced, and unloads documents nobody has used for a while.
 
+It also keeps the integrity promises that concern a whole document:
+
+- every change that reaches a document was checked first
+  (:class:`~bridge.session.DocSync` guarded by the document's
+  :class:`~bridge.core.validate.ChangeIndex`; HTTP goes through
+  :meth:`Hub.merge_bytes`, the same checks);
+- if the core fails anyway while applying something, the in-memory copy is
+  dropped and reloaded from the store plus what was accepted but is not yet
+  committed, and every peer resyncs (:meth:`Hub.recover`);
+- a snapshot replaces nothing until it has been loaded back with the same
+  heads, and it retires only the rows it covers;
+- a document loaded with records left out is *degraded*: served, reported,
+  never compacted; one that cannot be loaded at all is reported and refused,
+  never replaced by an empty one;
+- background work (compaction, unloading) is contained per document: a
+  failure is logged and reported in :meth:`Hub.health`, never fatal.
+
 Everything here runs on one event loop; Automerge calls are synchronous, so a
 document never changes between two statements without an ``await``.
 """
@@ -13,13 +30,18 @@ document never changes between two statements without an ``await``.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Iterable, Protocol
 
 import anyio
 from automerge import core
 
-from .session import HashIndex
-from .storage import AppendChanges, Compact, Store
+from .core.binding import CoreFailure, apply_chunks, call_core, expand_chunks
+from .core.chunks import Bounds, ChunkError
+from .core.loading import Unloadable, load_stored
+from .core.validate import ChangeIndex, plan
+from .session import DocSync
+from .storage import AppendChanges, Compact, Store, StoredDoc
 from .storage.batcher import GroupCommit
 
 log = logging.getLogger(__name__)
@@ -27,6 +49,10 @@ log = logging.getLogger(__name__)
 
 class DocNotFound(LookupError):
     pass
+
+
+class DocUnavailable(Exception):
+    """The document's stored state cannot be loaded (see the log and health)."""
 
 
 class Subscriber(Protocol):
@@ -41,41 +67,61 @@ class Subscriber(Protocol):
         """The document's durable heads advanced; ``own`` when changes this
         subscriber sent are among the ones that just became durable."""
 
+    def doc_reloaded(self, doc_id: str) -> None:
+        """The in-memory copy was replaced (after a core failure): start over
+        against ``live.doc``."""
+
     def ephemeral(self, doc_id: str, sender: str, data: bytes) -> None: ...
 
 
 class LiveDoc:
     """One loaded document, its subscribers and what of it is durable."""
 
-    def __init__(self, doc_id: str, doc: core.Document, stored_changes: int) -> None:
+    def __init__(self, doc_id: str, doc: core.Document, stored_rows: Iterable[bytes] = (), skipped: list[str] | None = None) -> None:
         self.doc_id = doc_id
         self.doc = doc
         self.subscribers: set[Subscriber] = set()
         self.durable_heads: list[bytes] = doc.get_heads()
-        self.changes_since_snapshot = stored_changes
-        # Hashes accepted but not yet committed, in acceptance order.
-        self._unsaved: dict[bytes, None] = {}
-        # Hashes committed since load: answers most flushes without the
-        # index, whose first build walks the whole history on the loop.
+        # Hashes of change rows in the store that the next snapshot may retire.
+        self.stored_rows: set[bytes] = set(stored_rows)
+        self.changes_since_snapshot = len(self.stored_rows)
+        # Records the load had to leave out: the document is degraded and its
+        # stored rows are never compacted away (they may be the only copy).
+        self.skipped = skipped or []
+        self.compaction_problem: str | None = None
+        # Changes accepted but not yet committed (hash -> chunk), in order:
+        # a reload after a core failure puts them back.
+        self._unsaved: dict[bytes, bytes] = {}
+        # Hashes committed since load: answers most flushes without the index.
         self._committed_since_load: set[bytes] = set()
-        self._index = HashIndex(doc)
+        self._index: ChangeIndex | None = None
         self._durable_advanced = anyio.Event()
         self._unload_scope: anyio.CancelScope | None = None
+        self.compacting = False
+        self.recovering: anyio.Event | None = None
+
+    @property
+    def index(self) -> ChangeIndex:
+        """Built on first use (it walks the whole history), then kept current."""
+        if self._index is None:
+            self._index = ChangeIndex.of(self.doc)
+        return self._index
+
+    def replace(self, doc: core.Document) -> None:
+        self.doc = doc
+        self._index = None
+
+    def guarded_sync(self, bounds: Bounds) -> DocSync:
+        """A sync state for one more peer, checking its changes against this document."""
+        return DocSync(self.doc, index=lambda: self.index, bounds=bounds)
 
     @property
     def has_unsaved(self) -> bool:
         return bool(self._unsaved)
 
-    def _accepted(self, hashes: list[bytes]) -> None:
-        self._unsaved.update(dict.fromkeys(hashes))
-
-    def _committed(self, hashes: list[bytes], heads: list[bytes]) -> None:
-        for change_hash in hashes:
-            self._unsaved.pop(change_hash, None)
-        self._committed_since_load.update(hashes)
-        self.durable_heads = heads
-        self._durable_advanced.set()
-        self._durable_advanced = anyio.Event()
+    @property
+    def degraded(self) -> bool:
+        return bool(self.skipped)
 
     def is_durable(self, heads: Iterable[bytes]) -> bool:
         """True when every hash in ``heads`` is in the document and committed."""
@@ -85,12 +131,33 @@ class LiveDoc:
         if any(h in self._unsaved for h in pending):
             return False
         pending = [h for h in pending if h not in self._committed_since_load]
-        return not pending or self._index.contains_all(pending)
+        return not pending or self.index.contains_all(pending)
 
     async def wait_durable(self, heads: list[bytes]) -> None:
         """Return once every hash in ``heads`` is durable (callers bound the wait)."""
         while not self.is_durable(heads):
             await self._durable_advanced.wait()
+
+    # Hub-side bookkeeping (called by Hub only).
+
+    def note_accepted(self, changes: list[core.Change]) -> None:
+        for change in changes:
+            self._unsaved[change.hash] = change.bytes
+        if self._index is not None:
+            self._index.add_changes(changes)
+        self.stored_rows.update(change.hash for change in changes)
+        self.changes_since_snapshot += len(changes)
+
+    def note_committed(self, hashes: list[bytes], heads: list[bytes]) -> None:
+        for change_hash in hashes:
+            self._unsaved.pop(change_hash, None)
+        self._committed_since_load.update(hashes)
+        self.durable_heads = heads
+        self._durable_advanced.set()
+        self._durable_advanced = anyio.Event()
+
+    def unsaved_rows(self) -> list[tuple[bytes, bytes]]:
+        return list(self._unsaved.items())
 
 
 class Hub:
@@ -101,15 +168,20 @@ class Hub:
         idle_unload_after: float = 30.0,
         compact_after: int = 1000,
         create_on_open: bool = True,
+        bounds: Bounds | None = None,
     ) -> None:
         self.store = store
         self.idle_unload_after = idle_unload_after
         self.compact_after = compact_after
         self.create_on_open = create_on_open
+        self.bounds = bounds or Bounds()
         self.writer = GroupCommit(store)
         self._docs: dict[str, LiveDoc] = {}
         self._loading: dict[str, anyio.Event] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        # Documents whose stored state does not load: id -> why (for health).
+        self.unavailable: dict[str, str] = {}
+        self.recoveries = 0
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -128,6 +200,22 @@ class Hub:
     @property
     def loaded(self) -> dict[str, LiveDoc]:
         return self._docs
+
+    def health(self) -> dict:
+        """What an operator must know: is saving working, and which documents
+        are not whole."""
+        problems = []
+        if self.writer.failing:
+            problems.append(f"store: commits failing since {time.ctime(self.writer.failing_since)}: {self.writer.failing}")
+        for doc_id, why in sorted(self.unavailable.items())[:20]:
+            problems.append(f"document {doc_id} unavailable: {why}")
+        for live in list(self._docs.values())[:10_000]:
+            if live.degraded:
+                problems.append(f"document {live.doc_id} degraded: {len(live.skipped)} stored records left out")
+            if live.compaction_problem:
+                problems.append(f"document {live.doc_id}: {live.compaction_problem}")
+        status = "failing" if self.writer.failing else ("degraded" if problems else "ok")
+        return {"status": status, "problems": problems[:50], "recoveries": self.recoveries}
 
     # --- loading and subscribing -------------------------------------------
 
@@ -160,15 +248,30 @@ class Hub:
             if stored is None:
                 if not create:
                     raise DocNotFound(doc_id)
-                live = LiveDoc(doc_id, core.Document(), 0)
+                live = LiveDoc(doc_id, core.Document())
             else:
-                doc = await anyio.to_thread.run_sync(core.Document.load, stored.as_bytes())
-                live = LiveDoc(doc_id, doc, len(stored.changes))
+                live = self._load(doc_id, stored, [])
             self._docs[doc_id] = live
             return live
         finally:
             del self._loading[doc_id]
             loaded.set()
+
+    def _load(self, doc_id: str, stored: StoredDoc, unsaved: list[tuple[bytes, bytes]]) -> LiveDoc:
+        rows = stored.changes + unsaved
+        try:
+            result = load_stored(stored.snapshots, [data for _, data in rows], self.bounds)
+        except Unloadable as exc:
+            self.unavailable[doc_id] = str(exc)
+            log.error("document %s: stored state does not load, refusing to serve it: %s", doc_id, exc)
+            raise DocUnavailable(doc_id) from None
+        self.unavailable.pop(doc_id, None)
+        if result.skipped:
+            log.error(
+                "document %s loaded DEGRADED, %d stored records left out (kept in the store, never compacted): %s",
+                doc_id, len(result.skipped), "; ".join(result.skipped[:5]),
+            )
+        return LiveDoc(doc_id, result.doc, (h for h, _ in stored.changes), result.skipped)
 
     def _schedule_unload(self, live: LiveDoc) -> None:
         if self._tg is None or live._unload_scope is not None:
@@ -180,12 +283,13 @@ class Hub:
         with scope:
             await anyio.sleep(self.idle_unload_after)
             if live.changes_since_snapshot:
-                self._compact(live)
+                await self._compact(live)
             while live.has_unsaved:
                 await live._durable_advanced.wait()
             # Nothing awaits past this point: a subscriber arriving during the
             # waits above cancelled this scope, so the document is idle now.
-            del self._docs[live.doc_id]
+            if self._docs.get(live.doc_id) is live:
+                del self._docs[live.doc_id]
             log.debug("unloaded %s", live.doc_id)
 
     # --- changes ------------------------------------------------------------
@@ -199,24 +303,55 @@ class Hub:
             return
         hashes = [change.hash for change in changes]
         heads = live.doc.get_heads()
-        live._accepted(hashes)
+        live.note_accepted(changes)
         self.writer.submit(
             AppendChanges(live.doc_id, [(c.hash, c.bytes) for c in changes]),
             lambda: self._on_durable(live, hashes, heads, origin),
         )
-        live.changes_since_snapshot += len(changes)
-        if live.changes_since_snapshot >= self.compact_after:
-            self._compact(live)
+        if live.changes_since_snapshot >= self.compact_after and not live.compacting and self._tg is not None:
+            self._tg.start_soon(self._compact, live)
         for subscriber in list(live.subscribers):
             subscriber.doc_changed(live.doc_id)
 
-    def _compact(self, live: LiveDoc) -> None:
-        heads = live.doc.get_heads()
-        live.changes_since_snapshot = 0
-        self.writer.submit(Compact(live.doc_id, live.doc.save()), lambda: self._on_durable(live, [], heads, None))
+    async def _compact(self, live: LiveDoc) -> None:
+        """Snapshot the document, verified before it may retire any row.
+
+        Contained: a failure is logged and reported, and the rows stay.
+        """
+        if live.compacting or live.degraded:
+            return
+        live.compacting = True
+        try:
+            heads = live.doc.get_heads()
+            covered = frozenset(live.stored_rows)
+            try:
+                snapshot = call_core(live.doc.save)
+                reloaded = call_core(core.Document.load, snapshot).get_heads()
+            except CoreFailure as exc:
+                reloaded, snapshot = None, b""
+                why = str(exc)
+            else:
+                why = f"heads {[h.hex()[:12] for h in reloaded]} != {[h.hex()[:12] for h in heads]}"
+            if reloaded != heads:
+                live.compaction_problem = f"snapshot does not load back ({why}); change rows kept"
+                log.error("document %s: %s", live.doc_id, live.compaction_problem)
+                return
+            live.compaction_problem = None
+            live.changes_since_snapshot = 0
+            done = anyio.Event()
+
+            def on_durable() -> None:
+                live.stored_rows -= covered
+                self._on_durable(live, [], heads, None)
+                done.set()
+
+            self.writer.submit(Compact(live.doc_id, snapshot, covered), on_durable)
+            await done.wait()
+        finally:
+            live.compacting = False
 
     def _on_durable(self, live: LiveDoc, hashes: list[bytes], heads: list[bytes], origin: Subscriber | None) -> None:
-        live._committed(hashes, heads)
+        live.note_committed(hashes, heads)
         for subscriber in list(live.subscribers):
             subscriber.doc_saved(live.doc_id, heads, subscriber is origin)
 
@@ -227,25 +362,67 @@ class Hub:
         return live.doc.get_heads()
 
     def merge_bytes(self, live: LiveDoc, data: bytes) -> list[bytes]:
-        """Merge a saved document or change chunks; return the heads it carried.
+        """Merge a saved document or change chunks, checked like a peer's sync
+        message; return the hashes it carried (all now in the document).
 
-        Raises ``ValueError`` when ``data`` is not Automerge data.
+        Raises ``ValueError`` when ``data`` is not Automerge data, or when
+        some of its changes are refused or lack dependencies (the valid ones
+        are applied and accepted all the same).
         """
         try:
-            incoming = core.Document.load(data)
-        except Exception:
-            # Change chunks whose dependencies we already have: load them on
-            # top of our own state. Slower, and only for this fallback.
-            try:
-                incoming = core.Document.load(live.doc.save() + data)
-            except Exception as exc:
-                raise ValueError(f"not Automerge data: {exc}") from None
+            incoming = expand_chunks(data, self.bounds)
+        except ChunkError as exc:
+            raise ValueError(f"not acceptable Automerge data: {exc}") from None
+        planned = plan(live.index, incoming)
         before = live.doc.get_heads()
-        live.doc.merge(incoming)
+        if planned.apply:
+            try:
+                apply_chunks(live.doc, [change.chunk for change in planned.apply])
+            except CoreFailure as exc:
+                self.damaged(live, exc)
+                raise ValueError(f"the changes could not be applied: {exc}") from None
         self.change_locally(live, before, None)
-        return incoming.get_heads()
+        if planned.rejected:
+            change, reason = planned.rejected[0]
+            raise ValueError(f"refused change {change.hash.hex()[:12]}: {reason}")
+        if planned.waiting:
+            raise ValueError(f"{len(planned.waiting)} changes lack dependencies the server does not have")
+        return [change.hash for change in incoming]
 
     def relay_ephemeral(self, live: LiveDoc, sender: Subscriber, data: bytes) -> None:
         for subscriber in list(live.subscribers):
             if subscriber is not sender:
                 subscriber.ephemeral(live.doc_id, sender.peer, data)
+
+    # --- recovery -----------------------------------------------------------
+
+    def damaged(self, live: LiveDoc, cause: BaseException) -> None:
+        """The core failed on ``live.doc``: reload it in the background."""
+        if self._tg is not None and live.recovering is None:
+            live.recovering = anyio.Event()
+            self._tg.start_soon(self._recover, live, str(cause))
+
+    async def recover(self, live: LiveDoc, cause: BaseException) -> None:
+        """Reload ``live`` after a core failure; return once it is usable."""
+        self.damaged(live, cause)
+        if live.recovering is not None:
+            await live.recovering.wait()
+
+    async def _recover(self, live: LiveDoc, cause: str) -> None:
+        assert live.recovering is not None
+        log.error("document %s: the core failed (%s); reloading it from the store", live.doc_id, cause)
+        self.recoveries += 1
+        try:
+            stored = await self.store.load(live.doc_id) or StoredDoc()
+            fresh = self._load(live.doc_id, stored, live.unsaved_rows())
+            live.replace(fresh.doc)
+            live.skipped = fresh.skipped
+            for subscriber in list(live.subscribers):
+                subscriber.doc_reloaded(live.doc_id)
+        except Exception:
+            log.exception("document %s: reload after a core failure failed; unloading it", live.doc_id)
+            if self._docs.get(live.doc_id) is live:
+                del self._docs[live.doc_id]
+        finally:
+            done, live.recovering = live.recovering, None
+            done.set()

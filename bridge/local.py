@@ -93,6 +93,9 @@ class LocalDoc:
     def doc_saved(self, doc_id: str, heads: list[bytes], own: bool) -> None:
         pass
 
+    def doc_reloaded(self, doc_id: str) -> None:
+        self._changed.set()
+
     def ephemeral(self, doc_id: str, sender: str, data: bytes) -> None:
         pass
 

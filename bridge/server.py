@@ -72,7 +72,9 @@ def create_app(
                 try:
                     yield
                 finally:
-                    with anyio.CancelScope(shield=True):
+                    # Bounded: a store that is down must not hang shutdown.
+                    # What is not committed was never acknowledged.
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(30):
                         await hub.drain()
                     tg.cancel_scope.cancel()
         finally:
@@ -86,9 +88,11 @@ def create_app(
 
     async def healthz(request: Request) -> Response:
         hub: Hub = app.state.hub
-        return JSONResponse(
-            {"status": "ok", "peer": server_peer, "loaded_docs": len(hub.loaded), "commits": hub.writer.commits}
-        )
+        health = hub.health()
+        body = {**health, "peer": server_peer, "loaded_docs": len(hub.loaded), "commits": hub.writer.commits}
+        # 503 only when saving is failing: one degraded document is reported
+        # but must not take the whole node out of a load balancer.
+        return JSONResponse(body, status_code=503 if health["status"] == "failing" else 200)
 
     routes = [
         WebSocketRoute("/sync", sync_endpoint),

@@ -6,18 +6,32 @@ received sync messages and ask it for the messages to send. The server keeps
 one per (connection, document); the Python client keeps one per document for
 its server. Two of them wired back to back converge without any I/O, which is
 how the tests exercise them.
+
+On the server a DocSync is *guarded* (``index=``): a peer's message is read by
+:mod:`bridge.core.chunks` and its changes sorted by :mod:`bridge.core.validate`
+before the core sees any of them. Only changes that passed are handed to
+``receive_sync_message``, in a message re-encoded without the rest; changes
+whose dependencies have not arrived wait here, bounded, until they do.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 from automerge import core
+
+from .core.binding import CoreFailure, apply_chunks, call_core, expand_chunks
+from .core.chunks import Bounds, Change, ChunkError, encode_sync_message, parse_sync_message
+from .core.validate import ChangeIndex, plan
+
+__all__ = ["BadSyncMessage", "CoreFailure", "DocSync", "HashIndex", "apply_chunks", "expand_chunks"]
 
 
 class BadSyncMessage(ValueError):
-    """The peer's bytes are not an Automerge sync message we can apply.
+    """The peer's bytes are not (entirely) something we apply.
 
-    ``applied`` lists changes the binding took in before it failed (they are
-    valid and now part of the document, so they must be accepted as such).
+    ``applied`` lists changes that were applied all the same (the valid part
+    of the message): they are part of the document now and must be accepted.
     """
 
     def __init__(self, message: str, applied: list[core.Change] | None = None) -> None:
@@ -26,21 +40,67 @@ class BadSyncMessage(ValueError):
 
 
 class DocSync:
-    def __init__(self, doc: core.Document) -> None:
+    def __init__(
+        self,
+        doc: core.Document,
+        *,
+        index: Callable[[], ChangeIndex] | None = None,
+        bounds: Bounds | None = None,
+        max_waiting: int = 10_000,
+    ) -> None:
         self.doc = doc
         self.state = core.SyncState()
+        self._index = index
+        self.bounds = bounds or Bounds()
+        self.max_waiting = max_waiting
+        self.waiting: dict[bytes, Change] = {}
 
     def reset(self) -> None:
         """Forget what the peer had: after a reconnect both sides start over."""
         self.state = core.SyncState()
+        self.waiting.clear()
+
+    def rebind(self, doc: core.Document) -> None:
+        """The document was reloaded: start over against the new copy."""
+        self.doc = doc
+        self.reset()
 
     def receive(self, data: bytes) -> list[core.Change]:
         """Apply one sync message; return the changes it added to the document.
 
-        Raises :class:`BadSyncMessage` when the bytes do not decode or the
-        changes in them do not apply; the document is then left as it was as
-        far as anyone can observe (no heads move, nothing is returned).
+        Raises :class:`BadSyncMessage` when (part of) the message is refused;
+        the refused part is not applied. Raises :class:`CoreFailure` when the
+        core failed while applying (the document may be damaged).
         """
+        if self._index is None:
+            return self._receive_trusted(data)
+        try:
+            message = parse_sync_message(data, self.bounds)
+            incoming = [change for item in message.chunks for change in expand_chunks(item, self.bounds)]
+        except ChunkError as exc:
+            raise BadSyncMessage(f"refused sync message: {exc}") from None
+        index = self._index()
+        planned = plan(index, incoming, self.waiting.values())
+        # The core answers `need` by looking hashes up and panics on unknown
+        # ones; we can only ever send what we have.
+        message.need = [h for h in message.need if h in index.hashes]
+        message.chunks = [change.chunk for change in planned.apply]
+        try:
+            decoded = core.Message.decode(encode_sync_message(message))
+        except Exception as exc:  # what we parsed, the core should read too
+            raise BadSyncMessage(f"refused sync message: {exc}") from None
+        applied = self._apply(decoded)
+        self.waiting = {change.hash: change for change in planned.waiting}
+        if planned.rejected:
+            change, reason = planned.rejected[0]
+            more = f" (and {len(planned.rejected) - 1} more)" if len(planned.rejected) > 1 else ""
+            raise BadSyncMessage(f"refused change {change.hash.hex()[:12]}: {reason}{more}", applied)
+        if len(self.waiting) > self.max_waiting:
+            self.waiting.clear()
+            raise BadSyncMessage(f"more than {self.max_waiting} changes wait for missing dependencies", applied)
+        return applied
+
+    def _receive_trusted(self, data: bytes) -> list[core.Change]:
         try:
             message = core.Message.decode(data)
         except Exception as exc:  # the binding raises bare Exception
@@ -52,6 +112,11 @@ class DocSync:
             raise BadSyncMessage(f"sync message rejected: {exc}", self._since(before)) from None
         return self._since(before)
 
+    def _apply(self, message: core.Message) -> list[core.Change]:
+        before = self.doc.get_heads()
+        call_core(self.doc.receive_sync_message, self.state, message)
+        return call_core(self._since, before)
+
     def _since(self, before: list[bytes]) -> list[core.Change]:
         if self.doc.get_heads() == before:
             return []
@@ -60,7 +125,7 @@ class DocSync:
     def generate(self) -> list[bytes]:
         """Every message the peer needs right now (usually zero or one)."""
         out: list[bytes] = []
-        while (message := self.doc.generate_sync_message(self.state)) is not None:
+        while (message := call_core(self.doc.generate_sync_message, self.state)) is not None:
             out.append(message.encode())
         return out
 
@@ -78,7 +143,7 @@ class HashIndex:
         self._hashes: set[bytes] | None = None
         self._at: list[bytes] = []
 
-    def contains_all(self, hashes: list[bytes]) -> bool:
+    def contains_all(self, hashes: Iterable[bytes]) -> bool:
         heads = self._doc.get_heads()
         rest = [h for h in hashes if h not in heads]
         if not rest:

@@ -1,10 +1,17 @@
 """Durable storage of Automerge documents.
 
-A store keeps, per document, an optional snapshot (``Document.save()``) and
-the change chunks accepted since. Writes arrive in batches that a backend must
-apply in order in one atomic, durable transaction — :class:`GroupCommit`
-(batcher.py) gathers the writes of many documents and connections into those
-batches so that durability costs one fsync per batch, not per change.
+A store keeps, per document, up to two snapshots (``Document.save()``, newest
+first) and change rows (the change chunks accepted, each with its hash).
+Writes arrive in batches that a backend must apply in order in one atomic,
+durable transaction: :class:`GroupCommit` (batcher.py) gathers the writes of
+many documents and connections into those batches so that durability costs
+one fsync per batch, not per change.
+
+Why two snapshots: no single bad record may lose a document. A compaction
+writes a new snapshot and *marks* the rows it covers; rows are deleted only
+when a later snapshot covers them too. So the previous snapshot plus the rows
+always load to the whole document, and a truncated or corrupted newest
+snapshot falls back to it without losing anything (integrity rule 3).
 
 Every backend passes the same acceptance suite (tests/storage).
 """
@@ -13,6 +20,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, Union
+
+
+class StoreLocked(Exception):
+    """Another store (in this process or another bridge process) is using the
+    same database: there is one writer per store, so ``open()`` refuses."""
+
+    def __init__(self, path: str, lock_path: str, holder: str = "") -> None:
+        self.path, self.lock_path = path, lock_path
+        held = f", held by pid {holder}" if holder else ""
+        super().__init__(f"{path} is in use by another bridge (lock file {lock_path}{held})")
+
+
+class StoreCorrupt(Exception):
+    """The database is damaged: its integrity check failed on ``open()``, or
+    the database reported a malformed file during ``load()``/``commit()``.
+    Unlike a transient error (disk full, busy), retrying will not help."""
+
+    def __init__(self, path: str, detail: str = "") -> None:
+        self.path, self.detail = path, detail
+        why = f" ({detail})" if detail else ""
+        super().__init__(f"{path} is corrupt{why}: stop the bridge and restore it from a backup")
 
 
 @dataclass(frozen=True)
@@ -25,14 +53,19 @@ class AppendChanges:
 
 @dataclass(frozen=True)
 class Compact:
-    """Replace the document's stored state with ``snapshot``.
+    """Store ``snapshot`` as the document's newest snapshot.
 
-    Every change appended before this write (in batch order) is covered by the
-    snapshot and is dropped; changes appended after it are kept.
+    ``covered`` names the change rows the snapshot contains (the writer has
+    loaded the snapshot back and checked its heads before submitting it).
+    Those rows are *marked* covered by this snapshot, not deleted: rows that
+    an earlier snapshot covered are deleted now, and snapshots older than the
+    previous newest one are dropped. Rows not in ``covered`` (appended by
+    anyone else, or after the snapshot was taken) are never touched.
     """
 
     doc_id: str
     snapshot: bytes
+    covered: frozenset[bytes] = frozenset()
 
 
 Write = Union[AppendChanges, Compact]
@@ -40,12 +73,23 @@ Write = Union[AppendChanges, Compact]
 
 @dataclass
 class StoredDoc:
-    snapshot: bytes | None = None
-    changes: list[bytes] = field(default_factory=list)
+    """What a store holds for one document."""
+
+    snapshots: list[bytes] = field(default_factory=list)  # newest first, at most two
+    changes: list[tuple[bytes, bytes]] = field(default_factory=list)  # (hash, chunk) in append order
+
+    @property
+    def snapshot(self) -> bytes | None:
+        return self.snapshots[0] if self.snapshots else None
+
+    @property
+    def change_bytes(self) -> list[bytes]:
+        return [data for _, data in self.changes]
 
     def as_bytes(self) -> bytes:
-        """One buffer ``automerge.core.Document.load`` accepts."""
-        return (self.snapshot or b"") + b"".join(self.changes)
+        """Newest snapshot plus every row: one buffer ``Document.load`` accepts
+        (rows the snapshot already holds load as duplicates, harmlessly)."""
+        return (self.snapshot or b"") + b"".join(self.change_bytes)
 
 
 class Store(Protocol):

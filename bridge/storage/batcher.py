@@ -4,13 +4,22 @@ Writers ``submit`` and return at once; one task commits whatever has piled up
 while the previous transaction was being fsync'd, in submission order, and
 then runs each write's callback. Under load a batch naturally grows to cover
 every document and connection that wrote meanwhile, so the fsync cost is paid
-per batch instead of per change. A failed commit is retried (the writes stay
-queued, in order): nothing is acknowledged that is not on disk.
+per batch instead of per change. Nothing is acknowledged that is not on disk.
+
+A failed commit is retried, with growing delays, for as long as it takes: a
+store that is down stops acknowledgements, never loses what waits. But one
+bad write must not stop saving for everyone: when a batch has failed twice,
+its writes are committed one at a time. A write that fails alone while the
+others succeed is *poison*: it is set aside (its callback never runs, so
+nothing in it is acknowledged), logged, and counted in ``poisoned``. If every
+write fails alone, the store itself is failing (``failing``, shown in health)
+and the batch is retried whole.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 import anyio
@@ -23,16 +32,27 @@ OnDurable = Callable[[], None]
 
 
 class GroupCommit:
-    def __init__(self, store: Store, *, max_batch: int = 5000, retry_delay: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_batch: int = 5000,
+        retry_delay: float = 0.5,
+        max_retry_delay: float = 5.0,
+    ) -> None:
         self.store = store
         self.max_batch = max_batch
         self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
         self._pending: list[tuple[Write, OnDurable | None]] = []
         self._wake = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
         self.commits = 0  # transactions committed
         self.writes = 0  # writes those transactions held
+        self.poisoned: list[tuple[Write, str]] = []  # writes set aside (most recent 100)
+        self.failing: str | None = None  # why commits fail, while they do
+        self.failing_since = 0.0
 
     def submit(self, write: Write, on_durable: OnDurable | None = None) -> None:
         self._pending.append((write, on_durable))
@@ -46,6 +66,7 @@ class GroupCommit:
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        failures = 0
         while True:
             if not self._pending:
                 self._idle.set()
@@ -55,16 +76,58 @@ class GroupCommit:
             batch = self._pending[: self.max_batch]
             try:
                 await self.store.commit([write for write, _ in batch])
-            except Exception:
-                log.exception("commit of %d writes failed; retrying", len(batch))
-                await anyio.sleep(self.retry_delay)
+            except Exception as exc:
+                failures += 1
+                self._note_failure(exc, len(batch))
+                if failures >= 2 and await self._commit_one_by_one(batch):
+                    failures = 0
+                    continue
+                await anyio.sleep(min(self.retry_delay * 2 ** min(failures - 1, 10), self.max_retry_delay))
                 continue
+            failures = 0
+            self.failing = None
             del self._pending[: len(batch)]
-            self.commits += 1
-            self.writes += len(batch)
-            for _, on_durable in batch:
-                if on_durable is not None:
-                    try:
-                        on_durable()
-                    except Exception:
-                        log.exception("on_durable callback failed")
+            self._done(batch)
+
+    def _note_failure(self, exc: Exception, size: int) -> None:
+        if self.failing is None:
+            self.failing_since = time.time()
+            log.exception("commit of %d writes failed; nothing in it is acknowledged; retrying", size)
+        self.failing = f"{type(exc).__name__}: {exc}"[:300]
+
+    async def _commit_one_by_one(self, batch: list[tuple[Write, OnDurable | None]]) -> bool:
+        """Commit ``batch`` write by write. True if any write succeeded (so
+        the failures were the writes', not the store's): failed writes are
+        then set aside. False, leaving the batch queued, if none succeeded."""
+        outcomes: list[tuple[tuple[Write, OnDurable | None], Exception | None]] = []
+        for item in batch:
+            try:
+                await self.store.commit([item[0]])
+                outcomes.append((item, None))
+            except Exception as exc:
+                outcomes.append((item, exc))
+        if all(exc is not None for _, exc in outcomes):
+            return False
+        del self._pending[: len(batch)]
+        self.failing = None
+        for item, exc in outcomes:
+            if exc is None:
+                self._done([item])
+            else:
+                log.error("write set aside, it fails alone while others commit: %r: %s", _describe(item[0]), exc)
+                self.poisoned = (self.poisoned + [(item[0], str(exc))])[-100:]
+        return True
+
+    def _done(self, batch: list[tuple[Write, OnDurable | None]]) -> None:
+        self.commits += 1
+        self.writes += len(batch)
+        for _, on_durable in batch:
+            if on_durable is not None:
+                try:
+                    on_durable()
+                except Exception:
+                    log.exception("on_durable callback failed")
+
+
+def _describe(write: Write) -> str:
+    return f"{type(write).__name__}({write.doc_id!r})"
