@@ -10,6 +10,8 @@ import uvicorn
 
 from .connection import Limits
 from .server import create_app
+from .storage import StoreLocked, open_store
+from .storage.sqlite import SQLiteStore
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,7 +30,17 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = Limits(max_frame_bytes=args.max_frame_bytes, flush_timeout=args.flush_timeout)
-    app = create_app(args.store, data_dir=Path(args.data_dir), limits=limits, idle_unload_after=args.idle_unload_after)
+    store = open_store(args.store or f"sqlite:///{Path(args.data_dir) / 'bridge.sqlite3'}")
+    if isinstance(store, SQLiteStore):
+        # Take the one-writer lock before uvicorn starts: the app's lifespan
+        # opens the store with the lock already held (and releases it at
+        # shutdown), and a second bridge on the same data says so in one line.
+        try:
+            store.lock()
+        except StoreLocked as exc:
+            used = f"data directory {args.data_dir}" if args.store is None else f"store {exc.path}"
+            parser.exit(2, f"automerge-bridge: {used} is in use by another bridge process (lock file {exc.lock_path})\n")
+    app = create_app(store, limits=limits, idle_unload_after=args.idle_unload_after)
     uvicorn.run(
         app,
         host=args.host,

@@ -244,7 +244,11 @@ class Hub:
             await self._loading[doc_id].wait()
         loaded = self._loading[doc_id] = anyio.Event()
         try:
-            stored = await self.store.load(doc_id)
+            try:
+                stored = await self.store.load(doc_id)
+            except Exception as exc:
+                log.exception("document %s: reading it from the store failed", doc_id)
+                raise DocUnavailable(doc_id) from exc
             if stored is None:
                 if not create:
                     raise DocNotFound(doc_id)
@@ -277,7 +281,16 @@ class Hub:
         if self._tg is None or live._unload_scope is not None:
             return
         live._unload_scope = anyio.CancelScope()
-        self._tg.start_soon(self._unload_when_idle, live, live._unload_scope)
+        self._tg.start_soon(self._contained, self._unload_when_idle, live, live._unload_scope)
+
+    async def _contained(self, task, live: LiveDoc, *args) -> None:
+        """Run a document's background task; its failure is that document's
+        alone (logged, reported in health), never the hub's."""
+        try:
+            await task(live, *args)
+        except Exception as exc:
+            live.compaction_problem = f"{task.__name__} failed: {type(exc).__name__}: {exc}"[:300]
+            log.exception("document %s: %s failed", live.doc_id, task.__name__)
 
     async def _unload_when_idle(self, live: LiveDoc, scope: anyio.CancelScope) -> None:
         with scope:
@@ -309,7 +322,7 @@ class Hub:
             lambda: self._on_durable(live, hashes, heads, origin),
         )
         if live.changes_since_snapshot >= self.compact_after and not live.compacting and self._tg is not None:
-            self._tg.start_soon(self._compact, live)
+            self._tg.start_soon(self._contained, self._compact, live)
         for subscriber in list(live.subscribers):
             subscriber.doc_changed(live.doc_id)
 
@@ -400,7 +413,7 @@ class Hub:
         """The core failed on ``live.doc``: reload it in the background."""
         if self._tg is not None and live.recovering is None:
             live.recovering = anyio.Event()
-            self._tg.start_soon(self._recover, live, str(cause))
+            self._tg.start_soon(self._contained, self._recover, live, str(cause))
 
     async def recover(self, live: LiveDoc, cause: BaseException) -> None:
         """Reload ``live`` after a core failure; return once it is usable."""

@@ -48,17 +48,26 @@ def load_stored(snapshots: list[bytes], rows: list[bytes], bounds: Bounds) -> Lo
     except CoreFailure:
         pass
     skipped: list[str] = []
-    for number, snapshot in enumerate(snapshots or [b""]):
+    for number, snapshot in enumerate(snapshots):
         try:
-            base = call_core(core.Document.load, snapshot) if snapshot else core.Document()
+            base = call_core(core.Document.load, snapshot)
         except CoreFailure as exc:
             skipped.append(f"snapshot {number} does not load: {exc}")
             continue
-        return _rows_onto(snapshot, base, rows, bounds, skipped)
-    raise Unloadable("; ".join(skipped))
+        return _rows_onto(snapshot, base, rows, bounds, skipped)  # type: ignore[return-value]
+    # No snapshot loads (or there is none): the rows alone, but only if they
+    # hold a whole history. Rows that lean on a lost snapshot would make a
+    # near-empty document, and that is never served in the document's place.
+    loaded = _rows_onto(b"", core.Document(), rows, bounds, skipped, whole=bool(snapshots))
+    if loaded is None:
+        raise Unloadable("; ".join(skipped) + "; the change rows alone do not hold the whole document")
+    return loaded
 
 
-def _rows_onto(snapshot: bytes, base: core.Document, rows: list[bytes], bounds: Bounds, skipped: list[str]) -> Loaded:
+def _rows_onto(
+    snapshot: bytes, base: core.Document, rows: list[bytes], bounds: Bounds, skipped: list[str], whole: bool = False
+) -> Loaded | None:
+    """``whole``: return None unless every row's dependencies are there."""
     parsed: list[Change] = []
     for number, row in enumerate(rows):
         try:
@@ -66,6 +75,8 @@ def _rows_onto(snapshot: bytes, base: core.Document, rows: list[bytes], bounds: 
         except ChunkError as exc:
             skipped.append(f"change row {number} does not parse: {exc}")
     planned = plan(ChangeIndex.of(base), parsed)
+    if whole and (planned.waiting or not planned.apply):
+        return None
     skipped += [f"change {c.hash.hex()}: {reason}" for c, reason in planned.rejected]
     skipped += [f"change {c.hash.hex()}: dependencies missing" for c in planned.waiting]
     good = [c.chunk for c in planned.apply]

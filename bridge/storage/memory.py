@@ -1,15 +1,32 @@
-"""A store that keeps everything in this process: for tests and throwaway use."""
+"""A store that keeps everything in this process: for tests and throwaway use.
+
+Same semantics as the SQLite store: up to two snapshots per document, change
+rows marked with the generation of the snapshot that covers them and deleted
+only when the next snapshot is written.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from . import AppendChanges, Compact, StoredDoc, Write
 
+_BYTES = (bytes, bytearray, memoryview)
+
+
+@dataclass
+class _Doc:
+    snapshots: list[tuple[int, bytes]] = field(default_factory=list)  # (generation, data), oldest first
+    rows: dict[bytes, tuple[bytes, int | None]] = field(default_factory=dict)  # hash -> (data, covered by), append order
+
+    def copy(self) -> _Doc:
+        return _Doc(list(self.snapshots), dict(self.rows))
+
 
 class MemoryStore:
     def __init__(self) -> None:
-        self._docs: dict[str, tuple[bytes | None, dict[bytes, bytes]]] = {}
+        self._docs: dict[str, _Doc] = {}
 
     async def open(self) -> None:
         pass
@@ -18,24 +35,50 @@ class MemoryStore:
         pass
 
     async def load(self, doc_id: str) -> StoredDoc | None:
-        if doc_id not in self._docs:
+        doc = self._docs.get(doc_id)
+        if doc is None:
             return None
-        snapshot, changes = self._docs[doc_id]
-        return StoredDoc(snapshot, list(changes.values()))
+        return StoredDoc(
+            snapshots=[data for _, data in reversed(doc.snapshots)],
+            changes=[(change_hash, data) for change_hash, (data, _) in doc.rows.items()],
+        )
 
     async def commit(self, writes: Sequence[Write]) -> None:
-        # Check every write before applying any: all or nothing, as a
-        # transaction would be.
+        # Apply to copies of the documents written, then swap them in: all or
+        # nothing, as a transaction would be.
+        staged: dict[str, _Doc] = {}
+
+        def doc(doc_id: str) -> _Doc:
+            if doc_id not in staged:
+                current = self._docs.get(doc_id)
+                staged[doc_id] = current.copy() if current is not None else _Doc()
+            return staged[doc_id]
+
         for write in writes:
-            if not isinstance(write, (AppendChanges, Compact)):
+            if isinstance(write, AppendChanges):
+                rows = doc(write.doc_id).rows
+                for change_hash, data in write.changes:
+                    if not isinstance(change_hash, _BYTES) or not isinstance(data, _BYTES):
+                        raise TypeError(f"a change is a (hash, bytes) pair of bytes, not {(change_hash, data)!r:.80}")
+                    rows.setdefault(bytes(change_hash), (bytes(data), None))
+            elif isinstance(write, Compact):
+                if not isinstance(write.snapshot, _BYTES):
+                    raise TypeError(f"a snapshot is bytes, not {type(write.snapshot).__name__}")
+                target = doc(write.doc_id)
+                gen = (target.snapshots[-1][0] if target.snapshots else 0) + 1
+                target.snapshots = [s for s in target.snapshots if s[0] >= gen - 1] + [(gen, bytes(write.snapshot))]
+                for change_hash in write.covered:
+                    row = target.rows.get(change_hash)
+                    if row is not None and row[1] is None:
+                        target.rows[change_hash] = (row[0], gen)
+                target.rows = {
+                    h: row for h, row in target.rows.items() if row[1] is None or row[1] >= gen
+                }
+            else:
                 raise TypeError(f"unknown write: {write!r}")
-        for write in writes:
-            if isinstance(write, Compact):
-                self._docs[write.doc_id] = (write.snapshot, {})
-                continue
-            _, changes = self._docs.setdefault(write.doc_id, (None, {}))
-            for change_hash, data in write.changes:
-                changes.setdefault(change_hash, data)
+        for doc_id, staged_doc in staged.items():
+            if staged_doc.snapshots or staged_doc.rows:
+                self._docs[doc_id] = staged_doc
 
     async def doc_ids(self) -> list[str]:
         return sorted(self._docs)

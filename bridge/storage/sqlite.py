@@ -4,33 +4,96 @@ WAL journal with ``synchronous=FULL``: a committed transaction has been
 fsync'd to the WAL, so it survives a crash or power loss — that is what lets
 the bridge acknowledge. One connection writes and one reads (WAL lets readers
 run beside the writer); each is used from one worker thread at a time.
+
+One writer per database: ``open()`` takes an exclusive ``flock`` on
+``<database>.lock`` and holds it until ``close()``, so a second bridge — another
+process, or another store in this process — on the same file refuses to open
+(:class:`~bridge.storage.StoreLocked`) instead of interleaving its writes and
+acknowledgements with ours. The kernel drops the lock when the process dies,
+even by ``kill -9``; the lock file itself stays (it holds the last pid).
+
+Schema version 2 (``PRAGMA user_version``): up to two snapshots per document
+by generation, and change rows that carry the generation of the snapshot that
+covers them (``covered``), deleted only once the next snapshot is written.
+``open()`` migrates a version-1 database in place (one transaction) and
+refuses one written by a newer bridge (:class:`SchemaTooNew`). It also runs
+``PRAGMA quick_check``; a damaged file, then or later, raises
+:class:`~bridge.storage.StoreCorrupt`: restore it from a backup.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import anyio.to_thread
 
-from . import AppendChanges, Compact, StoredDoc, Write
+from . import AppendChanges, Compact, StoreCorrupt, StoredDoc, StoreLocked, Write
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS snapshots (
-    doc_id TEXT PRIMARY KEY,
-    data   BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS changes (
-    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no lock; one bridge per file is up to you
+    fcntl = None  # type: ignore[assignment]
+
+SCHEMA_VERSION = 2  # kept in PRAGMA user_version
+
+# Version 1 (user_version 0, before versions were tracked) had one snapshot per
+# document (snapshots: doc_id PRIMARY KEY, data) and deleted the rows a
+# compaction covered; ``changes`` had no ``covered`` column.
+_SNAPSHOTS_V2 = """
+CREATE TABLE snapshots (
     doc_id TEXT NOT NULL,
-    hash   BLOB NOT NULL,
+    gen    INTEGER NOT NULL,   -- generation: 1, 2, ... per document; the two newest are kept
     data   BLOB NOT NULL,
+    PRIMARY KEY (doc_id, gen)
+)"""
+_SCHEMA_V2 = [
+    _SNAPSHOTS_V2,
+    """
+CREATE TABLE changes (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_id  TEXT NOT NULL,
+    hash    BLOB NOT NULL,
+    data    BLOB NOT NULL,
+    covered INTEGER,           -- generation of the snapshot that holds this row, or NULL
     UNIQUE (doc_id, hash)
-);
-CREATE INDEX IF NOT EXISTS changes_by_doc ON changes (doc_id, seq);
-"""
+)""",
+    "CREATE INDEX changes_by_doc ON changes (doc_id, seq)",
+]
+_MIGRATE_V1_TO_V2 = [
+    "ALTER TABLE snapshots RENAME TO snapshots_v1",
+    _SNAPSHOTS_V2,
+    "INSERT INTO snapshots (doc_id, gen, data) SELECT doc_id, 1, data FROM snapshots_v1",
+    "DROP TABLE snapshots_v1",
+    "ALTER TABLE changes ADD COLUMN covered INTEGER",
+]
+
+# What sqlite3 raises as a plain DatabaseError (SQLITE_CORRUPT "database disk
+# image is malformed", SQLITE_NOTADB "file is not a database") means a damaged
+# file; these subclasses mean something else (busy, I/O, disk full, constraint).
+_NOT_CORRUPTION = (
+    sqlite3.OperationalError,
+    sqlite3.IntegrityError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    sqlite3.NotSupportedError,
+)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer automerge-bridge: this one refuses
+    to open it rather than misread it."""
+
+    def __init__(self, path: str, version: int) -> None:
+        self.path, self.version = path, version
+        super().__init__(
+            f"{path} has schema version {version}, but this automerge-bridge knows only up to "
+            f"version {SCHEMA_VERSION}: it was written by a newer bridge; upgrade to open it"
+        )
 
 
 class SQLiteStore:
@@ -40,86 +103,193 @@ class SQLiteStore:
         self._reader: sqlite3.Connection | None = None
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._lock_fd: int | None = None
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def lock(self) -> None:
+        """Take the one-writer lock now, or raise :class:`StoreLocked`.
+
+        ``open()`` takes it if it is not held yet; taking it earlier lets a
+        command refuse to start before it serves anything. ``close()`` releases it.
+        """
+        if self._lock_fd is not None or fcntl is None or str(self.path) == ":memory:":
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise StoreLocked(str(self.path), str(self.lock_path), holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=10000")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+        except BaseException:
+            conn.close()  # e.g. "file is not a database"
+            raise
         return conn
+
+    @contextmanager
+    def _corruption_is_fatal(self) -> Iterator[None]:
+        """Re-raise what SQLite reports as a damaged file as :class:`StoreCorrupt`,
+        so callers can tell it from a transient error worth retrying."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, _NOT_CORRUPTION):
+                raise
+            raise StoreCorrupt(str(self.path), str(exc)) from exc
+
+    def _check_integrity(self, conn: sqlite3.Connection) -> None:
+        # quick_check: the b-trees, pages and records, without cross-checking
+        # indexes against tables (O(N), a second or so per GB).
+        problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            lines = [line for p in problems for line in p.splitlines() if line and not line.startswith("***")]
+            shown = "; ".join(lines[:3]) + (f"; and {len(lines) - 3} more" if len(lines) > 3 else "")
+            raise StoreCorrupt(str(self.path), f"integrity check failed: {shown}")
+
+    def _upgrade(self, conn: sqlite3.Connection) -> None:
+        """Create the schema, or migrate an older one in place, in one transaction."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(str(self.path), version)
+            if version < SCHEMA_VERSION:
+                has_v1 = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'"
+                ).fetchone()
+                for statement in _MIGRATE_V1_TO_V2 if has_v1 else _SCHEMA_V2:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock()
 
         def setup() -> None:
-            self._writer = self._connect()
-            self._writer.executescript(_SCHEMA)
-            self._reader = self._connect()
+            with self._corruption_is_fatal():
+                self._writer = self._connect()
+                self._check_integrity(self._writer)
+                self._upgrade(self._writer)
+                self._reader = self._connect()
 
-        await anyio.to_thread.run_sync(setup)
+        try:
+            await anyio.to_thread.run_sync(setup)
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         for conn in (self._writer, self._reader):
             if conn is not None:
                 conn.close()
         self._writer = self._reader = None
+        self._unlock()
 
     async def load(self, doc_id: str) -> StoredDoc | None:
         return await anyio.to_thread.run_sync(self._load, doc_id)
 
     def _load(self, doc_id: str) -> StoredDoc | None:
         assert self._reader is not None, "store is not open"
-        with self._read_lock:
-            # One read transaction, so the snapshot and the changes agree.
-            self._reader.execute("BEGIN")
+        with self._read_lock, self._corruption_is_fatal():
+            conn = self._reader
+            # One read transaction, so the snapshots and the rows agree.
+            conn.execute("BEGIN")
             try:
-                row = self._reader.execute(
-                    "SELECT data FROM snapshots WHERE doc_id = ?", (doc_id,)
-                ).fetchone()
-                changes = [
+                snapshots = [
                     data
-                    for (data,) in self._reader.execute(
-                        "SELECT data FROM changes WHERE doc_id = ? ORDER BY seq", (doc_id,)
+                    for (data,) in conn.execute(
+                        "SELECT data FROM snapshots WHERE doc_id = ? ORDER BY gen DESC LIMIT 2", (doc_id,)
+                    )
+                ]
+                changes = [
+                    (change_hash, data)
+                    for change_hash, data in conn.execute(
+                        "SELECT hash, data FROM changes WHERE doc_id = ? ORDER BY seq", (doc_id,)
                     )
                 ]
             finally:
-                self._reader.execute("COMMIT")
-        if row is None and not changes:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        if not snapshots and not changes:
             return None
-        return StoredDoc(row[0] if row else None, changes)
+        return StoredDoc(snapshots, changes)
 
     async def commit(self, writes: Sequence[Write]) -> None:
         await anyio.to_thread.run_sync(self._commit, list(writes))
 
     def _commit(self, writes: list[Write]) -> None:
         assert self._writer is not None, "store is not open"
-        with self._write_lock:
+        with self._write_lock, self._corruption_is_fatal():
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for write in writes:
                     if isinstance(write, AppendChanges):
+                        # Idempotent per (doc_id, hash). Not INSERT OR IGNORE:
+                        # that would also drop a row with NULL data silently.
                         conn.executemany(
-                            "INSERT OR IGNORE INTO changes (doc_id, hash, data) VALUES (?, ?, ?)",
+                            "INSERT INTO changes (doc_id, hash, data) VALUES (?, ?, ?)"
+                            " ON CONFLICT (doc_id, hash) DO NOTHING",
                             [(write.doc_id, h, data) for h, data in write.changes],
                         )
                     elif isinstance(write, Compact):
-                        conn.execute("DELETE FROM changes WHERE doc_id = ?", (write.doc_id,))
-                        conn.execute(
-                            "INSERT OR REPLACE INTO snapshots (doc_id, data) VALUES (?, ?)",
-                            (write.doc_id, write.snapshot),
-                        )
+                        self._compact(conn, write)
                     else:
                         raise TypeError(f"unknown write: {write!r}")
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite rolls back by itself on some errors (disk full, I/O).
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+
+    @staticmethod
+    def _compact(conn: sqlite3.Connection, write: Compact) -> None:
+        doc_id = write.doc_id
+        (gen,) = conn.execute(
+            "SELECT COALESCE(MAX(gen), 0) + 1 FROM snapshots WHERE doc_id = ?", (doc_id,)
+        ).fetchone()
+        conn.execute("INSERT INTO snapshots (doc_id, gen, data) VALUES (?, ?, ?)", (doc_id, gen, write.snapshot))
+        conn.executemany(
+            "UPDATE changes SET covered = ? WHERE doc_id = ? AND hash = ? AND covered IS NULL",
+            [(gen, doc_id, h) for h in write.covered],
+        )
+        # Rows an earlier snapshot covers are in the previous snapshot, which
+        # stays as the fallback; snapshots older than that one go.
+        conn.execute("DELETE FROM changes WHERE doc_id = ? AND covered < ?", (doc_id, gen))
+        conn.execute("DELETE FROM snapshots WHERE doc_id = ? AND gen < ?", (doc_id, gen - 1))
 
     async def doc_ids(self) -> list[str]:
         def query() -> list[str]:
             assert self._reader is not None, "store is not open"
-            with self._read_lock:
+            with self._read_lock, self._corruption_is_fatal():
                 rows = self._reader.execute(
                     "SELECT doc_id FROM snapshots UNION SELECT doc_id FROM changes ORDER BY 1"
                 ).fetchall()

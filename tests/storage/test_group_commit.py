@@ -9,6 +9,8 @@ from bridge.storage import AppendChanges
 from bridge.storage.batcher import GroupCommit
 from bridge.storage.memory import MemoryStore
 
+from ..waiting import eventually
+
 pytestmark = pytest.mark.anyio
 
 
@@ -63,4 +65,54 @@ async def test_failed_commits_are_retried_and_nothing_is_acknowledged_early():
             await committer.drain()
         tg.cancel_scope.cancel()
     assert durable == [[1]], "acknowledged only after the commit that succeeded"
-    assert (await store.load("a")).changes == [b"x"]
+    assert (await store.load("a")).change_bytes == [b"x"]
+    assert committer.failing is None, "health clears once commits succeed again"
+
+
+class PoisonStore(MemoryStore):
+    """Any transaction holding a write for document ``poison`` fails, the way
+    a write that breaks a constraint would; everything else commits."""
+
+    async def commit(self, writes):
+        if any(w.doc_id == "poison" for w in writes):
+            raise ValueError("constraint violated")
+        await super().commit(writes)
+
+
+async def test_one_poison_write_is_set_aside_and_everything_else_commits():
+    store = PoisonStore()
+    committer = GroupCommit(store, retry_delay=0.01)
+    durable = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(committer.run)
+        for doc_id in ["a", "poison", "b"]:
+            committer.submit(AppendChanges(doc_id, [(doc_id.encode() * 32, b"x")]), lambda d=doc_id: durable.append(d))
+        with anyio.fail_after(10):
+            await committer.drain()
+        committer.submit(AppendChanges("c", [(b"c" * 32, b"x")]), lambda: durable.append("c"))
+        with anyio.fail_after(10):
+            await committer.drain()
+        tg.cancel_scope.cancel()
+    assert durable == ["a", "b", "c"], "the poison write is never acknowledged, the others are"
+    assert [(w.doc_id, why) for w, why in committer.poisoned] == [("poison", "constraint violated")]
+    assert await store.load("poison") is None and committer.failing is None
+
+
+async def test_a_store_that_fails_every_write_acknowledges_nothing_and_says_so():
+    store = SlowStore(failures=10**9)
+    committer = GroupCommit(store, retry_delay=0.01, max_retry_delay=0.02)
+    durable = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(committer.run)
+        for i in range(3):
+            committer.submit(AppendChanges(f"d{i}", [(bytes([i]) * 32, b"x")]), lambda: durable.append(1))
+        await eventually(lambda: committer.failing is not None)
+        with anyio.move_on_after(0.5):
+            await committer.drain()
+        assert durable == [] and committer.poisoned == [], "nothing set aside when the store itself fails"
+        assert "disk on fire" in committer.failing
+        store.failures = 0
+        with anyio.fail_after(10):
+            await committer.drain()
+        tg.cancel_scope.cancel()
+    assert durable == [1, 1, 1] and committer.failing is None
