@@ -26,6 +26,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from .core.chunks import Bounds
 from .connection import Authenticate, Limits, PeerConnection
 from .http_api import doc_routes, error
 from .hub import Hub
@@ -45,6 +46,7 @@ def create_app(
     idle_unload_after: float = 30.0,
     compact_after: int = 1000,
     create_on_open: bool = True,
+    bounds: Bounds | None = None,
     web_dir: str | Path | None = WEB_DIST,
 ) -> Starlette:
     """Build the bridge.
@@ -64,7 +66,13 @@ def create_app(
         # ``parent`` is whichever app runs this lifespan: ours, or the app we
         # are mounted in. Handlers look the hub up on ours.
         await store.open()
-        hub = Hub(store, idle_unload_after=idle_unload_after, compact_after=compact_after, create_on_open=create_on_open)
+        hub = Hub(
+            store,
+            idle_unload_after=idle_unload_after,
+            compact_after=compact_after,
+            create_on_open=create_on_open,
+            bounds=bounds,
+        )
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(hub.run)

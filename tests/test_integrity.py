@@ -260,3 +260,24 @@ async def test_a_document_whose_snapshots_all_fail_is_refused_not_emptied(tmp_pa
         await bystanders_converge(restarted, ["fine"], "bystander")
     with database(tmp_path) as db:  # never written over
         assert db.execute("SELECT data FROM snapshots WHERE doc_id = 'lost'").fetchone()[0] == b"\x85oJ\x83"
+
+
+async def test_http_post_and_beacon_changes_go_through_the_same_checks(tmp_path):
+    with serve_in_subprocess(tmp_path) as bridge:
+        await write_keys(bridge, "posted", range(3))
+        base = core.Document.load(httpx.get(f"{bridge.http_url}/docs/posted", params={"format": "automerge"}).content)
+        good = honest_change(base, "good", 1)
+        poison = crafting.rewrite(honest_change(base, "poison", 2).bytes, time=-(2**63))
+        url = f"{bridge.http_url}/docs/posted/changes"
+        refused = httpx.post(url, content=good.bytes + poison, timeout=10)
+        assert refused.status_code == 400 and "timestamp" in refused.json()["msg"]
+        bomb = crafting.change(actor=b"\x02" * 16, columns=crafting.null_puts(4_000_000))
+        assert httpx.post(url, content=bomb, timeout=10).status_code == 400
+        gap = crafting.rewrite(honest_change(core.Document(), "gap", 1).bytes, seq=7)
+        assert httpx.post(url, content=gap, timeout=10).status_code == 400
+        content = view(bridge, "posted").json()
+        assert content == {"k0": 0, "k1": 1, "k2": 2, "good": 1}, "the valid change is merged, nothing of the rest"
+        now = core.Document.load(httpx.get(f"{bridge.http_url}/docs/posted", params={"format": "automerge"}).content)
+        ok = httpx.post(url, content=honest_change(now, "later", 3).bytes, timeout=10)
+        assert ok.status_code == 200
+        await bystanders_converge(bridge, ["posted"], "bystander")
