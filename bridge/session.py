@@ -84,6 +84,10 @@ class DocSync:
         # The core answers `need` by looking hashes up and panics on unknown
         # ones; we can only ever send what we have.
         message.need = [h for h in message.need if h in index.hashes]
+        # An unknown hash in `have.last_sync` makes the core answer every
+        # generate call with a reset message, forever.
+        for have in message.have:
+            have.last_sync = [h for h in have.last_sync if h in index.hashes]
         message.chunks = [change.chunk for change in planned.apply]
         try:
             decoded = core.Message.decode(encode_sync_message(message))
@@ -122,11 +126,17 @@ class DocSync:
             return []
         return self.doc.get_changes(before)
 
+    # Automerge generates at most a couple of messages in a row before it
+    # waits for an answer; anything that keeps going is a state gone wrong.
+    MAX_MESSAGES_PER_GENERATE = 8
+
     def generate(self) -> list[bytes]:
         """Every message the peer needs right now (usually zero or one)."""
         out: list[bytes] = []
         while (message := call_core(self.doc.generate_sync_message, self.state)) is not None:
             out.append(message.encode())
+            if len(out) >= self.MAX_MESSAGES_PER_GENERATE:
+                break
         return out
 
 

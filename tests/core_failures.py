@@ -62,6 +62,9 @@ def realistic_doc() -> tuple[core.Document, list[bytes]]:
     return doc, pending
 
 
+HEAD_A2 = bytes.fromhex("fbcf0ce8fd8b029829d2778766606f63e1c242584f3c3638b0f9bac30ff10453")  # realistic_doc() head
+
+
 # --- modes --------------------------------------------------------------------
 
 
@@ -77,7 +80,7 @@ class Mode:
     symptom: str  # what the raw core does
     raw: tuple[str, ...]  # outcomes of run_raw that mean "still fails"
     build: Callable[[list[bytes]], Input]  # from the pending honest changes
-    guard: str  # "refused" | "core-failure" | "gap"
+    guard: str  # "refused" | "neutralised" | "core-failure" | "gap"
     stopped_by: str  # where in the bridge
     timeout: float = 30.0
     memory: int = 2 << 30
@@ -120,6 +123,15 @@ CANONICAL_PUT = [
 # Messages found by mutation fuzzing of the pending changes of realistic_doc()
 # (the smallest of each kind); see docs/core-failure-modes.md.
 FUZZ = {
+    "fuzz_invalid_actor_index": (
+        "42000000028f01856f4a83b61aa5d701840100100101010101010101010101010101010101010000000a010a020a1106"
+        "130d1513340542085608570770020001050000017f0000010001050100017f07000100020400000300017e0002030100"
+        "017f7b00017f047465787400057f046c69737400017f016e01050101017f0405017f0202017f0005167f00021468656c"
+        "6c6f05010900ad01856f4a83f08b6f9501a20101b61aa5d703ef437fd4c222a0972148910703604100e5ad645aa928b6"
+        "55a87c181002020202020202020202020202020202010a00000110010101010101010101010101010101010c01020208"
+        "11081309150a34034202560757047006710273047e02020100017f070001020100017f0100017e037f00017f06000100"
+        "027f016e00017f016d00010401017b160085011600092e641e7f0003017f0003017d02077f"
+    ),
     "fuzz_batch_unwrap": (
         "42000000028f01856f4a83b61aa5d701840100100101010101010101010101010101010101010000000a010a020a1106"
         "130d1513340542085608570770020001050000017f0000010001050100017f07000100020400000300017e0002030100"
@@ -290,8 +302,8 @@ MODES: list[Mode] = [
         "re-encodes it canonically, its hash changes and the saved bytes do not load (\"mismatching heads\")",
         ("unloadable",),
         lambda pending: _msg(c.change(columns=c.set_ops(1))),
-        "gap",
-        "nothing: the guard forwards chunks verbatim",
+        "refused",
+        "bridge/core/chunks.py count_rows(canonical=True): only encodings Automerge itself writes",
     ),
     Mode(
         "missing_object",
@@ -300,32 +312,32 @@ MODES: list[Mode] = [
         lambda pending: _msg(
             c.change(columns=[(c.OBJ_ACTOR, c.rle_literal([0])), (c.OBJ_CTR, c.rle_literal([999]))] + CANONICAL_PUT)
         ),
-        "gap",
-        "nothing: op columns are counted, not interpreted",
+        "core-failure",
+        "bridge/hub.py Hub.recover: the poisoned copy is dropped and reloaded (tests/test_recovery.py)",
     ),
     Mode(
         "fuzz_batch_unwrap",
         "PanicException: called `Option::unwrap()` on a `None` value (op_set2/change/batch.rs:147) in receive_sync_message; the Document is poisoned afterwards (every call: \"poisoned lock\")",
         ("panic",),
         _fuzz(FUZZ["fuzz_batch_unwrap"]),
-        "gap",
-        "nothing: a mutated op column of an honest change (header intact) passes the guard",
+        "refused",
+        "bridge/core/chunks.py count_rows(canonical=True)",
     ),
     Mode(
         "fuzz_batch_entry_assert",
         "PanicException: assertion failed: self.entry.is_empty() (op_set2/change/batch.rs:136) in receive_sync_message; the Document is poisoned afterwards (every call: \"poisoned lock\")",
         ("panic",),
         _fuzz(FUZZ["fuzz_batch_entry_assert"]),
-        "gap",
-        "nothing: a mutated op column of an honest change (header intact) passes the guard",
+        "refused",
+        "bridge/core/chunks.py count_ops(): every op column has one row per op",
     ),
     Mode(
         "fuzz_tryfromint",
         "PanicException: called `Result::unwrap()` on an `Err` value: TryFromIntError (types.rs:443) in receive_sync_message; the Document is poisoned afterwards (every call: \"poisoned lock\")",
         ("panic",),
         _fuzz(FUZZ["fuzz_tryfromint"]),
-        "gap",
-        "nothing: a mutated op column of an honest change (header intact) passes the guard",
+        "refused",
+        "bridge/core/chunks.py count_ops(): every op column has one row per op",
     ),
     Mode(
         "fuzz_save_panics",
@@ -348,8 +360,8 @@ MODES: list[Mode] = [
         "accepted; get_changes() then panics (MissingOps) and save() writes bytes that do not load (\"invalid changes: missing ops\")",
         ("unloadable", "panic"),
         _fuzz(FUZZ["fuzz_save_missing_ops"]),
-        "gap",
-        "nothing: a mutated op column of an honest change (header intact) passes the guard",
+        "refused",
+        "bridge/core/chunks.py count_ops(): every op column has one row per op",
     ),
     Mode(
         "fuzz_save_max_op",
@@ -359,11 +371,55 @@ MODES: list[Mode] = [
         "refused",
         "bridge/core/chunks.py count_rows(): a column's runs must end inside its bytes",
     ),
+    Mode(
+        "fuzz_invalid_actor_index",
+        "PanicException: called `Result::unwrap()` on an `Err` value: InvalidActorIndex in "
+        "receive_sync_message; the Document is poisoned afterwards",
+        ("panic",),
+        _fuzz(FUZZ["fuzz_invalid_actor_index"]),
+        "refused",
+        "bridge/core/chunks.py count_rows(): a column's runs must end inside its bytes",
+    ),
+    Mode(
+        "unknown_last_sync",
+        "a `have` whose last_sync names a hash the document lacks: generate_sync_message then returns "
+        "a message on every call and never None, so a caller that drains it (DocSync.generate) loops "
+        "forever, holding every message (found by tests/fuzz: 11 GB in minutes)",
+        ("endless",),
+        lambda pending: Input([c.sync_message(have=[([b"\x00" * 32], b"")])], generate=True),
+        "neutralised",
+        "bridge/session.py: unknown last_sync hashes dropped before the core; DocSync.generate bounded",
+    ),
+    Mode(
+        "start_op_below_deps",
+        "a change whose start_op is not above the max op of its dependencies (the pending change of B, "
+        "start_op 10, re-pointed at A's head whose ops reach 11) is applied; save() writes bytes that do "
+        "not load (\"mismatching heads\"). Found by tests/fuzz.",
+        ("unloadable",),
+        lambda pending: _msg(c.rewrite(pending[-1], deps=[HEAD_A2])),
+        "refused",
+        "bridge/core/validate.py problem(): start_op above every dependency's highest op",
+    ),
 ]
 
 
 def mode(name: str) -> Mode:
     return next(m for m in MODES if m.name == name)
+
+
+def drain(sync, limit: int | None = None) -> list[bytes]:
+    """``sync.generate()`` without its unbounded loop: the messages a DocSync
+    would send, or AssertionError if the core never settles (unknown_last_sync)."""
+    from bridge.session import call_core
+
+    limit = GENERATE_LIMIT if limit is None else limit
+    out = []
+    for _ in range(limit):
+        message = call_core(sync.doc.generate_sync_message, sync.state)
+        if message is None:
+            return out
+        out.append(message.encode())
+    raise AssertionError(f"generate_sync_message answered {limit} times without settling")
 
 
 # --- running the raw core ------------------------------------------------------
@@ -397,7 +453,11 @@ for message in job["messages"]:
     decoded = step("decode", core.Message.decode, bytes.fromhex(message))
     step("receive", doc.receive_sync_message, state, decoded)
 if job["generate"]:
-    step("generate", doc.generate_sync_message, state)
+    for _ in range(job["generate_limit"]):
+        if step("generate", doc.generate_sync_message, state) is None:
+            break
+    else:
+        out["endless"] = True
 heads = doc.get_heads()
 saved = step("save", doc.save)
 again = step("load", core.Document.load, saved)
@@ -408,12 +468,13 @@ report()
 """
 
 EXPENSIVE_SECONDS = 3.0
+GENERATE_LIMIT = 100  # replies to one message before the core is said to never settle
 EXPENSIVE_MB = 400
 
 
 @dataclass
 class RawResult:
-    outcome: str  # ok | error | panic | abort | oom | timeout | unloadable | expensive | harness
+    outcome: str  # ok | error | panic | abort | oom | timeout | unloadable | expensive | endless | harness
     detail: str = ""
     seconds: float = 0.0
     rss_mb: int = 0
@@ -427,7 +488,8 @@ def run_raw(inp: Input, doc_bytes: bytes, *, timeout: float = 30.0, memory: int 
     ``harness`` means the subprocess itself broke (no report, a Python
     traceback from the driver): that is a failure of the test, not a finding.
     """
-    job = json.dumps({"doc": doc_bytes.hex(), "messages": [m.hex() for m in inp.messages], "generate": inp.generate})
+    job = json.dumps({"doc": doc_bytes.hex(), "messages": [m.hex() for m in inp.messages], "generate": inp.generate,
+                      "generate_limit": GENERATE_LIMIT})
     env = {**os.environ, "RUST_BACKTRACE": "0"}
     try:
         proc = subprocess.run(
@@ -443,6 +505,7 @@ def run_raw(inp: Input, doc_bytes: bytes, *, timeout: float = 30.0, memory: int 
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     report = json.loads(lines[-1]) if lines else {"steps": []}
     steps = report["steps"]
+    report["steps"] = steps = steps[:50]
     seconds = sum(s[3] for s in steps)
     stderr_tail = proc.stderr.strip().splitlines()[-3:]
     if proc.returncode < 0 or "memory allocation of" in proc.stderr:
@@ -459,6 +522,9 @@ def run_raw(inp: Input, doc_bytes: bytes, *, timeout: float = 30.0, memory: int 
         return RawResult("unloadable" if name == "load" else "error", f"{name}: {detail}", seconds, 0, steps)
     if end == "mismatch":
         return RawResult("unloadable", "loads back with other heads", seconds, 0, steps)
+    if report.get("endless"):
+        return RawResult("endless", f"generate_sync_message answered {GENERATE_LIMIT} times without settling",
+                         seconds, 0, steps[:3])
     rss = report.get("rss_mb", 0)
     if seconds > EXPENSIVE_SECONDS or rss > EXPENSIVE_MB:
         return RawResult("expensive", f"applied={report['applied']}", seconds, rss, steps)

@@ -37,6 +37,9 @@ HASH_LEN = 32
 COL_GROUP, COL_ACTOR, COL_ULEB, COL_DELTA, COL_BOOL, COL_STRING, COL_VALUE_META, COL_VALUE = range(8)
 COL_DEFLATE = 0x08
 ACTION_COLUMN = (4 << 4) | COL_ULEB
+VALUE_META_COLUMN = (5 << 4) | COL_VALUE_META
+PRED_GROUP_COLUMN = (7 << 4) | COL_GROUP
+PRED_ID_COLUMNS = ((7 << 4) | COL_ACTOR, (7 << 4) | COL_DELTA)
 
 
 class ChunkError(ValueError):
@@ -381,60 +384,119 @@ def count_ops(r: Reader, columns: Columns, max_rows: int, max_decoded: int) -> i
     nulls in three bytes is refused before anything expands it. The op count
     is the action column's rows (every op has an action).
     """
-    ops = 0
     decoded = 0
+    rows: dict[int, tuple[int, int]] = {}  # spec -> (rows, sum of values)
+    raw_value_bytes = 0
     for spec, length in columns.specs:
         data = r.take(length)
         if spec & COL_DEFLATE:
             data = inflate(data, max_decoded)
-        rows, size = count_rows(spec & 0x07, data, 4 * max_rows)
+        if spec & 0x07 == COL_VALUE:
+            raw_value_bytes += len(data)
+        count, size, total = _column_stats(spec & 0x07, data, 4 * max_rows)
         decoded += size
         if decoded > max_decoded:
             raise ChunkError(f"columns decode past {max_decoded} bytes")
-        if (spec & ~COL_DEFLATE) == ACTION_COLUMN:
-            ops = rows
+        rows[spec & ~COL_DEFLATE] = (count, total)
+    ops = rows.get(ACTION_COLUMN, (0, 0))[0]
     if ops > max_rows:
         raise ChunkError(f"{ops} ops exceed {max_rows}")
+    # Columns agree on the op count, as Automerge's encoder writes them: one
+    # row per op in every op column, one per predecessor in the predecessor
+    # id columns, and as many value bytes as the value metadata announces.
+    preds = rows.get(PRED_GROUP_COLUMN, (0, 0))[1]
+    value_bytes = rows.get(VALUE_META_COLUMN, (0, 0))[1]
+    for spec, (count, _) in rows.items():
+        expected = preds if spec in PRED_ID_COLUMNS else ops
+        if spec & 0x07 != COL_VALUE and count != expected:
+            raise ChunkError(f"column {spec:#x} has {count} rows, expected {expected}")
+    if raw_value_bytes != value_bytes:
+        raise ChunkError(f"value column holds {raw_value_bytes} bytes, its metadata says {value_bytes}")
     return ops
 
 
-def count_rows(col_type: int, data: bytes, max_rows: int) -> tuple[int, int]:
+def count_rows(col_type: int, data: bytes, max_rows: int, *, canonical: bool = False) -> tuple[int, int]:
     """Rows in one column and the bytes its values decode to (strings)."""
-    if col_type == COL_VALUE:
-        return 0, len(data)
-    r = Reader(data)
-    rows = decoded = 0
-    if col_type == COL_BOOL:
-        while r.remaining:
-            rows += r.uleb()
-            if rows > max_rows:
-                raise ChunkError(f"column of more than {max_rows} rows")
-        return rows, 0
-    read_value = {COL_STRING: None, COL_DELTA: r.sleb}.get(col_type, r.uleb)
-    while r.remaining:
-        run = r.sleb()
-        if run > 0:  # one value repeated
-            size = _skip_value(r, read_value)
-            rows += run
-            decoded += run * size
-        elif run < 0:  # literal values
-            for _ in range(-run):
-                decoded += _skip_value(r, read_value)
-            rows += -run
-        else:  # nulls
-            rows += r.uleb()
-        if rows > max_rows:
-            raise ChunkError(f"column of more than {max_rows} rows")
+    rows, decoded, _ = _column_stats(col_type, data, max_rows, canonical=canonical)
     return rows, decoded
 
 
-def _skip_value(r: Reader, read_value) -> int:
-    if read_value is None:
-        n = r.uleb()
-        r.take(n)
-        return n
-    read_value()
+def _column_stats(col_type: int, data: bytes, max_rows: int, *, canonical: bool = True) -> tuple[int, int, int]:
+    """Rows, decoded string bytes, and a total used for cross-checks: the sum
+    of a group column's counts, or of the lengths a value metadata column
+    announces.
+
+    ``canonical``: also refuse an encoding that Automerge's own encoder would
+    not have written (a run of one, two adjacent literal runs, a repeated
+    value inside a literal run, adjacent null runs, an empty boolean run).
+    The core re-encodes changes canonically when it saves a document, so a
+    change that is not canonical gets a different hash there: the saved
+    document no longer loads ("mismatching heads").
+    """
+    if col_type == COL_VALUE:
+        return 0, len(data), 0
+    r = Reader(data)
+    rows = decoded = total = 0
+    if col_type == COL_BOOL:
+        first = True
+        while r.remaining:
+            run = r.uleb()
+            if canonical and run == 0 and not first:
+                raise ChunkError("non-canonical boolean column")
+            first = False
+            rows += run
+            if rows > max_rows:
+                raise ChunkError(f"column of more than {max_rows} rows")
+        return rows, 0, 0
+    read_value = {COL_STRING: _read_string, COL_DELTA: Reader.sleb}.get(col_type, Reader.uleb)
+    previous: str | None = None  # kind of the previous run: "run", "literal" or "null"
+    last: object = None  # the last value it held
+    while r.remaining:
+        run = r.sleb()
+        if run > 0:  # one value repeated
+            value = read_value(r)
+            if canonical and (run < 2 or (previous in ("run", "literal") and value == last)):
+                raise ChunkError("non-canonical run-length encoding")
+            rows += run
+            decoded += run * _size(value)
+            total += run * _weight(col_type, value)
+            previous, last = "run", value
+        elif run < 0:  # literal values
+            if canonical and previous == "literal":
+                raise ChunkError("non-canonical run-length encoding")
+            for _ in range(-run):
+                value = read_value(r)
+                if canonical and previous in ("run", "literal") and value == last:
+                    raise ChunkError("non-canonical run-length encoding")
+                decoded += _size(value)
+                total += _weight(col_type, value)
+                previous, last = "literal", value
+            rows += -run
+        else:  # nulls
+            count = r.uleb()
+            if canonical and (count == 0 or previous == "null"):
+                raise ChunkError("non-canonical run-length encoding")
+            rows += count
+            previous, last = "null", None
+        if rows > max_rows:
+            raise ChunkError(f"column of more than {max_rows} rows")
+    return rows, decoded, total
+
+
+def _read_string(r: Reader) -> bytes:
+    return r.take(r.uleb())
+
+
+def _weight(col_type: int, value: object) -> int:
+    if col_type == COL_GROUP:
+        return value  # type: ignore[return-value]
+    if col_type == COL_VALUE_META:
+        return value >> 4  # type: ignore[operator]  # the low four bits are the type
     return 0
+
+
+def _size(value: object) -> int:
+    return len(value) if isinstance(value, bytes) else 0
 
 
 def parse_document_body(body: bytes, chunk: bytes, checksum: bytes, bounds: Bounds) -> DocumentChunk:

@@ -11,8 +11,9 @@ what the document already holds, *before* the core sees it:
   otherwise it waits in the peer's bounded queue until they arrive, so the
   core only ever applies changes whose whole context it has;
 - ``seq`` is exactly one more than the actor's last change in the document;
-- ``start_op`` is above the actor's last op and at most one above the
-  document's highest op (an honest change starts right after its deps);
+- ``start_op`` is above the highest op of every dependency (and so of the
+  actor's own last change) and at most one above the document's highest op:
+  an honest change starts right after the ops it has seen;
 - the timestamp is one every implementation can represent (Python's
   ``datetime`` range, well inside ``i64`` so the core's delta columns cannot
   overflow).
@@ -41,7 +42,7 @@ class ChangeIndex:
     """Hashes, per-actor progress and the highest op of one document."""
 
     def __init__(self) -> None:
-        self.hashes: set[bytes] = set()
+        self.hashes: dict[bytes, int] = {}  # hash -> the change's highest op
         self.actors: dict[bytes, tuple[int, int]] = {}  # actor -> (seq, max_op)
         self.max_op = 0
 
@@ -53,7 +54,7 @@ class ChangeIndex:
         return index
 
     def add(self, change_hash: bytes, actor: bytes, seq: int, max_op: int) -> None:
-        self.hashes.add(change_hash)
+        self.hashes[change_hash] = max_op
         last_seq, last_op = self.actors.get(actor, (0, 0))
         self.actors[actor] = (max(seq, last_seq), max(max_op, last_op))
         self.max_op = max(self.max_op, max_op)
@@ -71,18 +72,22 @@ class _View:
 
     def __init__(self, index: ChangeIndex) -> None:
         self.index = index
-        self.hashes: set[bytes] = set()
+        self.hashes: dict[bytes, int] = {}
         self.actors: dict[bytes, tuple[int, int]] = {}
         self.max_op = index.max_op
 
     def has(self, change_hash: bytes) -> bool:
         return change_hash in self.hashes or change_hash in self.index.hashes
 
+    def max_op_of(self, change_hash: bytes) -> int:
+        found = self.hashes.get(change_hash)
+        return self.index.hashes[change_hash] if found is None else found
+
     def actor(self, actor: bytes) -> tuple[int, int]:
         return self.actors.get(actor) or self.index.actors.get(actor, (0, 0))
 
     def add(self, change: Change) -> None:
-        self.hashes.add(change.hash)
+        self.hashes[change.hash] = change.max_op
         self.actors[change.actor] = (change.seq, change.max_op)
         self.max_op = max(self.max_op, change.max_op)
 
@@ -96,6 +101,9 @@ def problem(change: Change, view: _View) -> str | None:
         return f"timestamp {change.time} out of range"
     if change.start_op <= last_op:
         return f"start_op {change.start_op} reuses ops of its actor (up to {last_op})"
+    deps_op = max((view.max_op_of(dep) for dep in change.deps), default=0)
+    if change.start_op <= deps_op:
+        return f"start_op {change.start_op} is not above its dependencies' ops (up to {deps_op})"
     if change.start_op > view.max_op + 1:
         return f"start_op {change.start_op} skips past the document's ops (up to {view.max_op})"
     if change.max_op >= MAX_OP:

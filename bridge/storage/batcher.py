@@ -99,15 +99,13 @@ class GroupCommit:
         """Commit ``batch`` write by write. True if any write succeeded (so
         the failures were the writes', not the store's): failed writes are
         then set aside. False, leaving the batch queued, if none succeeded."""
-        outcomes: list[tuple[tuple[Write, OnDurable | None], Exception | None]] = []
-        for item in batch:
-            try:
-                await self.store.commit([item[0]])
-                outcomes.append((item, None))
-            except Exception as exc:
-                outcomes.append((item, exc))
+        outcomes = [(item, await self._try_alone(item[0])) for item in batch]
         if all(exc is not None for _, exc in outcomes):
             return False
+        # Others committed: give each failed write one more try on its own,
+        # so a store that came back half-way through is not mistaken for
+        # poison in the writes it failed before it did.
+        outcomes = [(item, exc if exc is None else await self._try_alone(item[0])) for item, exc in outcomes]
         del self._pending[: len(batch)]
         self.failing = None
         for item, exc in outcomes:
@@ -117,6 +115,13 @@ class GroupCommit:
                 log.error("write set aside, it fails alone while others commit: %r: %s", _describe(item[0]), exc)
                 self.poisoned = (self.poisoned + [(item[0], str(exc))])[-100:]
         return True
+
+    async def _try_alone(self, write: Write) -> Exception | None:
+        try:
+            await self.store.commit([write])
+        except Exception as exc:
+            return exc
+        return None
 
     def _done(self, batch: list[tuple[Write, OnDurable | None]]) -> None:
         self.commits += 1
