@@ -6,12 +6,13 @@ import argparse
 import logging
 from pathlib import Path
 
+import anyio
 import uvicorn
 
 from .connection import Limits
 from .server import create_app
-from .storage import StoreLocked, open_store
-from .storage.sqlite import SQLiteStore
+from .storage import StoreCorrupt, StoreLocked, open_store
+from .storage.sqlite import SchemaTooNew, SQLiteStore
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,14 +33,17 @@ def main(argv: list[str] | None = None) -> None:
     limits = Limits(max_frame_bytes=args.max_frame_bytes, flush_timeout=args.flush_timeout)
     store = open_store(args.store or f"sqlite:///{Path(args.data_dir) / 'bridge.sqlite3'}")
     if isinstance(store, SQLiteStore):
-        # Take the one-writer lock before uvicorn starts: the app's lifespan
-        # opens the store with the lock already held (and releases it at
-        # shutdown), and a second bridge on the same data says so in one line.
+        # Open (lock, integrity check, migration) before uvicorn starts, so
+        # that a data directory another bridge serves, or a damaged database,
+        # ends in one clear line instead of a failed lifespan's traceback.
+        # The app's lifespan finds it open and closes it at shutdown.
         try:
-            store.lock()
+            anyio.run(store.open)
         except StoreLocked as exc:
             used = f"data directory {args.data_dir}" if args.store is None else f"store {exc.path}"
             parser.exit(2, f"automerge-bridge: {used} is in use by another bridge process (lock file {exc.lock_path})\n")
+        except (StoreCorrupt, SchemaTooNew) as exc:
+            parser.exit(2, f"automerge-bridge: {exc}\n")
     app = create_app(store, limits=limits, idle_unload_after=args.idle_unload_after)
     uvicorn.run(
         app,

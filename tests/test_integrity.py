@@ -10,6 +10,8 @@ nothing acknowledged is lost across a restart.
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 
 import anyio
 import httpx
@@ -281,3 +283,21 @@ async def test_http_post_and_beacon_changes_go_through_the_same_checks(tmp_path)
         ok = httpx.post(url, content=honest_change(now, "later", 3).bytes, timeout=10)
         assert ok.status_code == 200
         await bystanders_converge(bridge, ["posted"], "bystander")
+
+
+async def test_a_store_with_corrupted_pages_refuses_to_serve_instead_of_acknowledging(tmp_path):
+    from .storage.test_sqlite import corrupt_middle_pages
+
+    with serve_in_subprocess(tmp_path) as bridge:
+        for n in range(4):
+            await write_keys(bridge, f"doc{n}", range(n * 100, (n + 1) * 100))
+    with database(tmp_path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    corrupt_middle_pages(tmp_path / "bridge.sqlite3")
+    refused = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "serve", "--port", "0", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert refused.returncode == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "corrupt" in lines[0] and "backup" in lines[0], refused.stderr

@@ -189,6 +189,10 @@ class SQLiteStore:
             raise
 
     async def open(self) -> None:
+        """Lock, check and migrate the database. Opening an open store does
+        nothing, so a command can open it early to fail fast and in one line."""
+        if self._writer is not None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock()
 
