@@ -61,7 +61,7 @@ RULES = [
     ("get_heads", "Automerge get_heads/get_changes (what a message added)"),
     ("SQLiteStore._commit", "SQLite commit + fsync (worker thread)"),
     ("run_sync_in_worker_thread", "handing each commit to a worker thread (GIL, locks)"),
-    ("messages.py", "msgspec encode/decode"),
+    ("native.py", "msgspec encode/decode"),
     ("starlette/websockets.py", "WebSocket send/receive (Starlette + uvicorn websockets)"),
     ("uvicorn/protocols", "WebSocket send/receive (Starlette + uvicorn websockets)"),
     ("Runner.run (asyncio/runners.py", "event loop in C (uvloop: sockets, callbacks)"),

@@ -9,8 +9,8 @@ from pathlib import Path
 import anyio
 import uvicorn
 
-from .connection import Limits
-from .server import create_app
+from .config import Limits
+from .server.app import create_app
 from .storage import StoreCorrupt, StoreLocked, open_store
 from .storage.sqlite import SchemaTooNew, SQLiteStore
 

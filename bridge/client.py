@@ -33,10 +33,10 @@ from httpx_ws import HTTPXWSException, WebSocketDisconnect, aconnect_ws
 from wsproto.utilities import LocalProtocolError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
-from . import messages as m
-from .messages import CloseCode, ProtocolError
-from .outbox import Outbox
-from .session import BadSyncMessage, DocSync, HashIndex
+from .protocol import native as m
+from .protocol.native import CloseCode, ProtocolError
+from .core.outbox import Outbox
+from .core.sync import BadSyncMessage, DocSync, HashIndex
 from .tasks import first_leaf, race
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ heads advanced, and unloads documents nobody has used for a while.
 It also keeps the integrity promises that concern a whole document:
 
 - every change that reaches a document was checked first
-  (:class:`~bridge.session.DocSync` guarded by the document's
+  (:class:`~bridge.core.sync.DocSync` guarded by the document's
   :class:`~bridge.core.validate.ChangeIndex`; HTTP goes through
   :meth:`Hub.merge_bytes`, the same checks);
 - if the core fails anyway while applying something, the in-memory copy is
@@ -40,7 +40,7 @@ from .core.binding import CoreFailure, apply_chunks, call_core, expand_chunks
 from .core.chunks import Bounds, ChunkError
 from .core.loading import Unloadable, load_stored
 from .core.validate import ChangeIndex, plan
-from .session import DocSync
+from .core.sync import DocSync
 from .storage import AppendChanges, Compact, Store, StoredDoc
 from .storage.batcher import GroupCommit
 

@@ -16,11 +16,8 @@ import anyio
 from automerge import core
 from automerge.document import MapReadProxy, MapWriteProxy
 
+from .errors import FlushTimeout
 from .hub import Hub, LiveDoc
-
-
-class FlushTimeout(TimeoutError):
-    pass
 
 
 class LocalDoc:

@@ -157,7 +157,7 @@ else:
     @pytest.fixture
     def bridge_server(tmp_path) -> Iterator[RunningBridge]:
         """A real bridge on a free port with SQLite under ``tmp_path``."""
-        from .server import create_app
+        from .server.app import create_app
 
         with serve_in_thread(create_app(data_dir=tmp_path / "bridge-data")) as running:
             yield running

@@ -9,7 +9,7 @@ several inputs abort the process or allocate gigabytes.
 
 ``guard`` says where a mode is stopped:
 
-- ``refused``: :class:`bridge.session.DocSync` raises ``BadSyncMessage``
+- ``refused``: :class:`bridge.core.sync.DocSync` raises ``BadSyncMessage``
   before the core sees the bytes;
 - ``core-failure``: the guard cannot see it; the core raises inside
   ``call_core`` and ``DocSync`` raises ``CoreFailure`` (the server's recovery
@@ -410,7 +410,7 @@ def mode(name: str) -> Mode:
 def drain(sync, limit: int | None = None) -> list[bytes]:
     """``sync.generate()`` without its unbounded loop: the messages a DocSync
     would send, or AssertionError if the core never settles (unknown_last_sync)."""
-    from bridge.session import call_core
+    from bridge.core.sync import call_core
 
     limit = GENERATE_LIMIT if limit is None else limit
     out = []

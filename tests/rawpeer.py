@@ -7,7 +7,7 @@ import msgspec
 import websockets
 from automerge import core
 
-from bridge.session import DocSync
+from bridge.core.sync import DocSync
 
 
 class RawPeer:

@@ -22,7 +22,7 @@ import pytest
 from automerge import core
 
 from bridge.core.validate import ChangeIndex
-from bridge.session import BadSyncMessage, CoreFailure, DocSync
+from bridge.core.sync import BadSyncMessage, CoreFailure, DocSync
 
 from .core_failures import MODES, Mode, drain, realistic_doc, run_raw
 

@@ -11,7 +11,7 @@ import pytest
 from automerge import core
 
 from bridge.client import BridgeClient
-from bridge.session import HashIndex
+from bridge.core.sync import HashIndex
 from bridge.testing import serve_in_subprocess
 
 

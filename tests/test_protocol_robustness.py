@@ -21,7 +21,7 @@ import pytest
 from automerge import core
 
 from bridge import Limits, create_app
-from bridge import messages as m
+from bridge.protocol import native as m
 from bridge.testing import serve_in_thread
 
 from .rawpeer import RawPeer
@@ -215,10 +215,10 @@ def test_nesting_scan_skips_payloads_by_length():
 def test_deep_frames_cannot_crash_an_interpreter_with_a_raised_recursion_limit():
     # msgspec's recursion is bounded by sys.getrecursionlimit(); raised this far,
     # a 1,000,000-level frame would overflow the C stack (SIGSEGV) without the
-    # pre-check in bridge.messages. Run where a crash cannot take pytest along.
+    # pre-check in bridge.protocol.native. Run where a crash cannot take pytest along.
     script = (
         "import sys\n"
-        "from bridge import messages as m\n"
+        "from bridge.protocol import native as m\n"
         "e = lambda s: bytes([0xa0 + len(s)]) + s.encode()\n"
         "deep_lists = lambda n: b'\\x83' + e('t') + e('open') + e('doc') + e('deep') + e('junk') + b'\\x91' * n + b'\\xc0'\n"
         "deep_maps = lambda n: b'\\x83' + e('junk') + b'\\x81\\xa1k' * n + b'\\xc0' + e('t') + e('open') + e('doc') + e('deep')\n"

@@ -2,7 +2,7 @@
 
 from automerge import core
 
-from bridge.session import BadSyncMessage, DocSync, HashIndex
+from bridge.core.sync import BadSyncMessage, DocSync, HashIndex
 
 
 def edit(doc: core.Document, key: str, value: int) -> None:

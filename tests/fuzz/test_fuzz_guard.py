@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 from bridge.core.chunks import sleb, uleb
 from bridge.core.validate import ChangeIndex
-from bridge.session import BadSyncMessage, CoreFailure, DocSync
+from bridge.core.sync import BadSyncMessage, CoreFailure, DocSync
 
 from .. import crafting as c
 from ..core_failures import drain, realistic_doc

@@ -14,11 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .connection import Authenticate, Limits
-from .hub import DocNotFound, DocUnavailable, Hub
-from .local import open_local
-from .messages import PROTOCOL_VERSION, Hello, valid_doc_id
-from .values import heads_hex, to_json
+from ..config import Limits
+from .ws import Authenticate
+from ..hub import DocNotFound, DocUnavailable, Hub
+from ..local import open_local
+from ..protocol.native import PROTOCOL_VERSION, Hello, valid_doc_id
+from ..values import heads_hex, to_json
 
 Handler = Callable[[Request, str, Hub], Awaitable[Response]]
 

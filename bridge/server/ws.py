@@ -14,34 +14,23 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from . import messages as m
-from .core.binding import CoreFailure
-from .hub import DocNotFound, DocUnavailable, Hub, LiveDoc
-from .messages import CloseCode, ErrorCode, ProtocolError
-from .outbox import Outbox, OutboxOverflow
-from .session import BadSyncMessage, DocSync
-from .tasks import first_leaf, race
+from ..config import Limits
+from ..protocol import native as m
+from ..core.binding import CoreFailure
+from ..hub import DocNotFound, DocUnavailable, Hub, LiveDoc
+from ..protocol.native import CloseCode, ErrorCode, ProtocolError
+from ..core.outbox import Outbox, OutboxOverflow
+from ..core.sync import BadSyncMessage, DocSync
+from ..tasks import first_leaf, race
 
 log = logging.getLogger(__name__)
 
 Authenticate = Callable[[m.Hello], "bool | Awaitable[bool]"]
-
-
-@dataclass
-class Limits:
-    max_frame_bytes: int = 16 * 1024 * 1024
-    max_docs_per_connection: int = 1000
-    max_outbox: int = 10_000
-    handshake_timeout: float = 10.0
-    flush_timeout: float = 10.0
-    # How often a peer hears of durable heads advanced by others' changes.
-    saved_interval: float = 0.25
 
 
 class _Closing(Exception):

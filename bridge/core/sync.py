@@ -20,9 +20,9 @@ from typing import Callable, Iterable
 
 from automerge import core
 
-from .core.binding import CoreFailure, apply_chunks, call_core, expand_chunks
-from .core.chunks import Bounds, Change, ChunkError, encode_sync_message, parse_sync_message
-from .core.validate import ChangeIndex, plan
+from .binding import CoreFailure, apply_chunks, call_core, expand_chunks
+from .chunks import Bounds, Change, ChunkError, encode_sync_message, parse_sync_message
+from .validate import ChangeIndex, plan
 
 __all__ = ["BadSyncMessage", "CoreFailure", "DocSync", "HashIndex", "apply_chunks", "expand_chunks"]
 

@@ -26,15 +26,16 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from .core.chunks import Bounds
-from .connection import Authenticate, Limits, PeerConnection
-from .http_api import doc_routes, error
-from .hub import Hub
-from .storage import Store, open_store
+from ..core.chunks import Bounds
+from ..config import Limits
+from .ws import Authenticate, PeerConnection
+from .http import doc_routes, error
+from ..hub import Hub
+from ..storage import Store, open_store
 
 log = logging.getLogger(__name__)
 
-WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
+WEB_DIST = Path(__file__).resolve().parents[2] / "web" / "dist"
 
 
 def create_app(

@@ -18,6 +18,8 @@ from typing import Union
 
 import msgspec
 
+from ..errors import CloseCode, ErrorCode, ProtocolError
+
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
@@ -28,41 +30,6 @@ _DOC_ID = re.compile(r"[A-Za-z0-9._:~-]{1,256}")
 
 def valid_doc_id(doc_id: str) -> bool:
     return _DOC_ID.fullmatch(doc_id) is not None
-
-
-class CloseCode:
-    NORMAL = 1000
-    GOING_AWAY = 1001
-    TOO_BIG = 1009
-    INTERNAL = 1011
-    PROTOCOL = 4400
-    UNAUTHORIZED = 4401
-    FORBIDDEN = 4403
-    HANDSHAKE_TIMEOUT = 4408
-    TOO_SLOW = 4409
-    RATE_LIMITED = 4429
-
-
-class ErrorCode:
-    """Codes carried by non-fatal ``error`` frames."""
-
-    BAD_DOC_ID = "bad_doc_id"
-    NOT_OPEN = "not_open"
-    BAD_SYNC = "bad_sync"
-    FLUSH_TIMEOUT = "flush_timeout"
-    NOT_FOUND = "not_found"
-    FORBIDDEN = "forbidden"
-    TOO_MANY_DOCS = "too_many_docs"
-    UNAVAILABLE = "unavailable"  # stored state does not load; reported to the operator
-    INTERNAL = "internal"
-
-
-class ProtocolError(Exception):
-    """A fatal protocol violation: the connection closes with ``close_code``."""
-
-    def __init__(self, message: str, close_code: int = CloseCode.PROTOCOL) -> None:
-        super().__init__(message)
-        self.close_code = close_code
 
 
 class _Msg(msgspec.Struct, tag_field="t", forbid_unknown_fields=False, omit_defaults=True):
