@@ -60,8 +60,12 @@ class Subscriber(Protocol):
 
     peer: str
 
-    def doc_changed(self, doc_id: str) -> None:
-        """The document gained changes; generate sync messages when convenient."""
+    def doc_changed(self, doc_id: str, origin: "Subscriber | None") -> None:
+        """The document gained changes; generate sync messages when convenient.
+
+        ``origin`` is the subscriber whose changes these are (None: the HTTP
+        routes or a reload): a peer still answers its own sync messages, an
+        in-process handle does not wake itself up."""
 
     def doc_saved(self, doc_id: str, heads: list[bytes], own: bool) -> None:
         """The document's durable heads advanced; ``own`` when changes this
@@ -96,7 +100,7 @@ class LiveDoc:
         self._committed_since_load: set[bytes] = set()
         self._index: ChangeIndex | None = None
         self._durable_advanced = anyio.Event()
-        self._unload_scope: anyio.CancelScope | None = None
+        self.unload_scope: anyio.CancelScope | None = None  # set while an unload is pending
         self.compacting = False
         self.recovering: anyio.Event | None = None
 
@@ -136,6 +140,11 @@ class LiveDoc:
     async def wait_durable(self, heads: list[bytes]) -> None:
         """Return once every hash in ``heads`` is durable (callers bound the wait)."""
         while not self.is_durable(heads):
+            await self._durable_advanced.wait()
+
+    async def wait_all_saved(self) -> None:
+        """Return once nothing accepted is waiting for its commit."""
+        while self._unsaved:
             await self._durable_advanced.wait()
 
     # Hub-side bookkeeping (called by Hub only).
@@ -222,9 +231,9 @@ class Hub:
     async def subscribe(self, doc_id: str, subscriber: Subscriber, *, create: bool | None = None) -> LiveDoc:
         live = await self._get(doc_id, self.create_on_open if create is None else create)
         live.subscribers.add(subscriber)
-        if live._unload_scope is not None:
-            live._unload_scope.cancel()
-            live._unload_scope = None
+        if live.unload_scope is not None:
+            live.unload_scope.cancel()
+            live.unload_scope = None
         return live
 
     def unsubscribe(self, doc_id: str, subscriber: Subscriber) -> None:
@@ -278,10 +287,10 @@ class Hub:
         return LiveDoc(doc_id, result.doc, (h for h, _ in stored.changes), result.skipped)
 
     def _schedule_unload(self, live: LiveDoc) -> None:
-        if self._tg is None or live._unload_scope is not None:
+        if self._tg is None or live.unload_scope is not None:
             return
-        live._unload_scope = anyio.CancelScope()
-        self._tg.start_soon(self._contained, self._unload_when_idle, live, live._unload_scope)
+        live.unload_scope = anyio.CancelScope()
+        self._tg.start_soon(self._contained, self._unload_when_idle, live, live.unload_scope)
 
     async def _contained(self, task, live: LiveDoc, *args) -> None:
         """Run a document's background task; its failure is that document's
@@ -297,8 +306,7 @@ class Hub:
             await anyio.sleep(self.idle_unload_after)
             if live.changes_since_snapshot:
                 await self._compact(live)
-            while live.has_unsaved:
-                await live._durable_advanced.wait()
+            await live.wait_all_saved()
             # Nothing awaits past this point: a subscriber arriving during the
             # waits above cancelled this scope, so the document is idle now.
             if self._docs.get(live.doc_id) is live:
@@ -324,7 +332,7 @@ class Hub:
         if live.changes_since_snapshot >= self.compact_after and not live.compacting and self._tg is not None:
             self._tg.start_soon(self._contained, self._compact, live)
         for subscriber in list(live.subscribers):
-            subscriber.doc_changed(live.doc_id)
+            subscriber.doc_changed(live.doc_id, origin)
 
     async def _compact(self, live: LiveDoc) -> None:
         """Snapshot the document, verified before it may retire any row.

@@ -26,8 +26,12 @@ class LocalDoc:
         self._hub = hub
         self._live = live
         self._changed = anyio.Event()
-        self._changing_myself = False
         self._closed = False
+
+    @property
+    def live(self) -> LiveDoc:
+        """The hub's loaded document this handle follows."""
+        return self._live
 
     @property
     def id(self) -> str:
@@ -54,20 +58,34 @@ class LocalDoc:
         before = self._live.doc.get_heads()
         with self._live.doc.transaction() as tx:
             yield MapWriteProxy(tx, core.ROOT, None)
-        self._changing_myself = True
-        try:
-            self._hub.change_locally(self._live, before, self)
-        finally:
-            self._changing_myself = False
+        self._hub.change_locally(self._live, before, self)
 
-    async def flush(self, timeout: float = 10.0) -> list[bytes]:
-        """Wait until everything in this document so far is durable."""
-        heads = self.heads
+    def merge(self, data: bytes) -> list[bytes]:
+        """Merge a saved document or change chunks, checked like a peer's
+        sync message; return the hashes it carried. ``ValueError`` when (part
+        of) it is refused; the valid part is merged all the same."""
+        return self._hub.merge_bytes(self._live, data)
+
+    def save(self) -> bytes:
+        """The whole document as one Automerge file."""
+        return self._live.doc.save()
+
+    @property
+    def durable_heads(self) -> list[bytes]:
+        return self._live.durable_heads
+
+    def is_durable(self, heads: list[bytes]) -> bool:
+        return self._live.is_durable(heads)
+
+    async def flush(self, timeout: float = 10.0, heads: list[bytes] | None = None) -> list[bytes]:
+        """Wait until everything in this document so far (or ``heads``) is
+        durable; raise :class:`~bridge.errors.FlushTimeout` after ``timeout``."""
+        heads = self.heads if heads is None else heads
         try:
             with anyio.fail_after(timeout):
                 await self._live.wait_durable(heads)
         except TimeoutError:
-            raise FlushTimeout(f"{self.id}: not durable after {timeout}s") from None
+            raise FlushTimeout(f"{self.id}: not durable after {timeout}s", doc=self.id) from None
         return heads
 
     async def updates(self) -> AsyncIterator[list[bytes]]:
@@ -83,8 +101,8 @@ class LocalDoc:
 
     # --- Subscriber ---------------------------------------------------------
 
-    def doc_changed(self, doc_id: str) -> None:
-        if not self._changing_myself:
+    def doc_changed(self, doc_id: str, origin: object) -> None:
+        if origin is not self:
             self._changed.set()
 
     def doc_saved(self, doc_id: str, heads: list[bytes], own: bool) -> None:

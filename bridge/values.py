@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import msgspec
-from automerge import core
 
 _json = msgspec.json.Encoder()
 
 
-def to_json(doc: core.Document) -> bytes:
-    """The document as JSON; bytes become base64 and timestamps RFC 3339."""
-    return _json.encode(core.extract(doc))
+def to_json(value: dict) -> bytes:
+    """A document's plain value (``core.extract``) as JSON; bytes become
+    base64 and timestamps RFC 3339."""
+    return _json.encode(value)
 
 
 def heads_hex(heads: list[bytes]) -> list[str]:

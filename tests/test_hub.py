@@ -119,7 +119,7 @@ async def test_concurrent_opens_load_once_and_idle_docs_unload(tmp_path):
             for _ in range(20):
                 tg.start_soon(open_one)
         assert loads == ["busy"]
-        assert len({id(h._live) for h in handles}) == 1
+        assert len({id(h.live) for h in handles}) == 1
         await eventually(lambda: "busy" not in hub.loaded, timeout=10)
         # Unloading compacted the document into a snapshot that holds it all
         # (the rows it covers stay until a later snapshot covers them too).
@@ -169,7 +169,7 @@ async def test_durability_of_old_new_and_unknown_heads(tmp_path):
             first = doc.heads
             await doc.flush()
         async with open_local(app.state.hub, "heads") as doc:
-            live = doc._live
+            live = doc.live
             with doc.change() as d:
                 d["n"] = 2
             second = doc.heads

@@ -110,7 +110,18 @@ def create_app(
     ]
     routes += _web_routes(Path(web_dir)) if web_dir else []
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.hub = NotStarted()
     return app
+
+
+class NotStarted:
+    """``app.state.hub`` before the lifespan ran: every use says what to do."""
+
+    def __getattr__(self, name: str):
+        raise RuntimeError(
+            "the bridge has not started: its hub exists once the app's lifespan runs "
+            "(serve it with uvicorn, or hand bridge_app.router.lifespan_context to your app; see the README)"
+        )
 
 
 def _web_routes(web_dir: Path) -> list[Route]:

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from ..config import Limits
 from .ws import Authenticate
 from ..hub import DocNotFound, DocUnavailable, Hub
+from ..errors import FlushTimeout
 from ..local import open_local
 from ..protocol.native import PROTOCOL_VERSION, Hello, valid_doc_id
 from ..values import heads_hex, to_json
@@ -59,8 +60,8 @@ def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authent
         try:
             async with open_local(hub, doc_id, peer="http", create=False) as doc:
                 if request.query_params.get("format") == "automerge":
-                    return Response(doc._live.doc.save(), media_type="application/octet-stream")
-                return Response(to_json(doc._live.doc), media_type="application/json")
+                    return Response(doc.save(), media_type="application/octet-stream")
+                return Response(to_json(doc.to_py()), media_type="application/json")
         except DocNotFound:
             return error(404, "not_found", "no such document")
 
@@ -72,8 +73,7 @@ def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authent
             return error(400, "bad_heads", "heads are comma-separated hex hashes")
         try:
             async with open_local(hub, doc_id, peer="http", create=False) as doc:
-                live = doc._live
-                return JSONResponse({"durable": live.is_durable(wanted), "heads": heads_hex(live.durable_heads)})
+                return JSONResponse({"durable": doc.is_durable(wanted), "heads": heads_hex(doc.durable_heads)})
         except DocNotFound:
             return JSONResponse({"durable": not wanted, "heads": []})
 
@@ -85,13 +85,14 @@ def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authent
             return error(400, "bad_changes", "empty body; send Automerge bytes")
         async with open_local(hub, doc_id, peer="http") as doc:
             try:
-                heads = hub.merge_bytes(doc._live, body)
+                carried = doc.merge(body)
             except ValueError as exc:
                 return error(400, "bad_changes", str(exc))
-            with anyio.move_on_after(limits.flush_timeout):
-                await doc._live.wait_durable(heads)
-                return JSONResponse({"heads": heads_hex(doc._live.durable_heads)})
-        return error(503, "flush_timeout", f"not durable within {limits.flush_timeout}s")
+            try:
+                await doc.flush(limits.flush_timeout, heads=carried)
+            except FlushTimeout as exc:
+                return error(503, exc.code, str(exc))
+            return JSONResponse({"heads": heads_hex(doc.durable_heads)})
 
     return [
         Route("/docs/{doc_id}", doc_route(get_doc)),

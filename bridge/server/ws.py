@@ -252,7 +252,7 @@ class PeerConnection:
         log.info("peer %s: error %s (%s) doc=%s id=%s", self.peer, code, text, doc, request_id)
         self._send(m.Error(code=code, msg=text, doc=doc, id=request_id))
 
-    def doc_changed(self, doc_id: str) -> None:
+    def doc_changed(self, doc_id: str, origin: object = None) -> None:
         self._outbox.mark_dirty(doc_id)
 
     def doc_reloaded(self, doc_id: str) -> None:
