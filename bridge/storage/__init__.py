@@ -19,7 +19,8 @@ Every backend passes the same acceptance suite (tests/storage).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, Union
+from importlib.metadata import entry_points
+from typing import Callable, Protocol, Sequence, Union
 
 
 class StoreLocked(Exception):
@@ -106,14 +107,50 @@ class Store(Protocol):
     async def doc_ids(self) -> list[str]: ...
 
 
+StoreFactory = Callable[[str], Store]
+
+# URL scheme -> factory taking the whole URL. Built-in backends are imported
+# only when used; others register with register_store(), or through the
+# "automerge_bridge.stores" entry point group (name = scheme, value = factory).
+_factories: dict[str, StoreFactory] = {}
+
+
+def register_store(scheme: str, factory: StoreFactory) -> None:
+    """Make ``open_store("<scheme>:...")`` build stores with ``factory(url)``."""
+    _factories[scheme.lower()] = factory
+
+
+def _memory(url: str) -> Store:
+    from .memory import MemoryStore
+
+    if url != "memory:":
+        raise ValueError(f"a memory store URL is just 'memory:', not {url!r}")
+    return MemoryStore()
+
+
+def _sqlite(url: str) -> Store:
+    from .sqlite import SQLiteStore
+
+    path = url.removeprefix("sqlite:///")
+    if path == url or not path:
+        raise ValueError(f"a SQLite store URL is sqlite:///path/to/file, not {url!r}")
+    return SQLiteStore(path)
+
+
+register_store("memory", _memory)
+register_store("sqlite", _sqlite)
+
+
 def open_store(url: str) -> Store:
-    """Build a store from a URL: ``memory:`` or ``sqlite:///path/to/file``."""
-    if url == "memory:":
-        from .memory import MemoryStore
-
-        return MemoryStore()
-    if url.startswith("sqlite:///"):
-        from .sqlite import SQLiteStore
-
-        return SQLiteStore(url.removeprefix("sqlite:///"))
-    raise ValueError(f"unsupported store URL: {url!r}")
+    """Build a store from a URL by its scheme: ``memory:``,
+    ``sqlite:///path/to/file``, or any registered scheme."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    factory = _factories.get(scheme)
+    if factory is None and scheme:
+        for entry in entry_points(group="automerge_bridge.stores", name=scheme):
+            factory = entry.load()
+            register_store(scheme, factory)
+    if factory is None:
+        known = ", ".join(sorted(_factories))
+        raise ValueError(f"unsupported store URL {url!r}: no store registered for its scheme (known: {known})")
+    return factory(url)

@@ -20,3 +20,18 @@ async def store(request, tmp_path):
     await store.open()
     yield store
     await store.close()
+
+
+def test_stores_are_found_by_url_scheme():
+    from bridge.storage import register_store
+    from bridge.storage.memory import MemoryStore
+    from bridge.storage.sqlite import SQLiteStore
+
+    assert isinstance(open_store("memory:"), MemoryStore)
+    assert isinstance(open_store("sqlite:///tmp/x.sqlite3"), SQLiteStore)
+    for bad in ["nope://x", "sqlite://relative", "plain-path"]:
+        with pytest.raises(ValueError):
+            open_store(bad)
+    made = []
+    register_store("custom", lambda url: made.append(url) or MemoryStore())
+    assert isinstance(open_store("custom://anything"), MemoryStore) and made == ["custom://anything"]
