@@ -52,3 +52,13 @@ def test_mount_example(tmp_path, monkeypatch):
     exec(compile(example("mount"), "README.md", "exec"), namespace)
     with serve_in_thread(namespace["app"]) as running:
         assert httpx.get(f"{running.http_url}/bridge/healthz").json()["status"] == "ok"
+
+
+def test_lifespan_example(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(example("lifespan"), "README.md", "exec"), namespace)
+    with pytest.raises(RuntimeError, match="has not started"):
+        namespace["bridge_app"].state.hub.subscribe  # noqa: B018 - before start-up
+    with serve_in_thread(namespace["app"]) as running:
+        assert httpx.get(f"{running.http_url}/bridge/docs/settings").json() == {"started": True}
