@@ -19,11 +19,6 @@ from .waiting import eventually
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"  # these tests share the server's event loop
-
-
 async def test_in_process_change_is_persisted_and_relayed(tmp_path):
     app = create_app(data_dir=tmp_path, web_dir=None)
     async with serve_in_task(app) as running:

@@ -30,10 +30,6 @@ pytestmark = pytest.mark.anyio
 QUICK_UNLOAD = ["--idle-unload-after", "0.3"]
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 def honest_change(doc: core.Document, key: str, value: int) -> core.Change:
     with doc.transaction() as tx:

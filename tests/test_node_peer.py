@@ -24,10 +24,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 async def test_node_automerge_peer_converges_with_python_clients(bridge_server):
     async with BridgeClient(bridge_server.ws_url, peer="py-a") as a, BridgeClient(bridge_server.ws_url, peer="py-b") as b:

@@ -33,10 +33,6 @@ REPO = Path(__file__).resolve().parent.parent
 BAD_UTF8 = b"\xa2\xff\xfe"  # a 2-byte MessagePack str that is not UTF-8
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):

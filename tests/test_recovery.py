@@ -25,10 +25,6 @@ from .test_integrity import honest_change, send_changes
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.fixture
 def guard_without_seq_check(monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 
 from bridge.core.outbox import Outbox, OutboxOverflow
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])]
 
 
 class Drained(Exception):

@@ -8,10 +8,6 @@ from bridge.storage import open_store
 from bridge.storage.acceptance import *  # noqa: F403 (the test_* functions)
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.fixture(params=["memory", "sqlite"])
 async def store(request, tmp_path):

@@ -14,10 +14,6 @@ from ..waiting import eventually
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 class SlowStore(MemoryStore):
     """Each commit takes a while, like an fsync; the first ``failures`` fail."""

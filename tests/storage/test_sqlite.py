@@ -31,10 +31,6 @@ CREATE INDEX IF NOT EXISTS changes_by_doc ON changes (doc_id, seq);
 """
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 def history(n: int) -> tuple[core.Document, list[core.Change]]:
     doc = core.Document()

@@ -15,10 +15,6 @@ from bridge.testing import serve_in_subprocess
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 async def test_a_second_store_on_the_same_file_refuses_until_the_first_closes(tmp_path):
     path = tmp_path / "bridge.sqlite3"
