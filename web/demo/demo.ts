@@ -1,7 +1,11 @@
 // Demo page: a shared text area, a to-do list and presence on the document
-// named by the URL hash (default "demo"). Uses the client served at /client.js.
+// named by the URL hash (default "demo"). Uses the client the server serves
+// next to this page (./client.js): the build maps the package import below
+// to that file, so the demo shares its Automerge instance and wasm. Every
+// path is relative to the page, so the demo also works when the bridge is
+// mounted under a prefix (e.g. Mount("/bridge", app) -> /bridge/).
 
-import { Automerge, BridgeClient, type BridgeDoc, type ClientStatus } from "/client.js";
+import { Automerge, BridgeClient, type BridgeDoc, type ClientStatus } from "automerge-bridge-client";
 
 interface Todo {
   id: string;
@@ -46,8 +50,12 @@ $("doc-name").textContent = `#${docId}`;
 document.title = `${docId} · automerge-bridge demo`;
 window.addEventListener("hashchange", () => location.reload());
 
-const scheme = location.protocol === "https:" ? "wss" : "ws";
-const client = new BridgeClient(`${scheme}://${location.host}/sync`, { warnOnUnsaved: true });
+// The sync socket sits next to this page: <page's directory>/sync.
+const syncUrl = new URL("sync", location.href);
+syncUrl.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+syncUrl.hash = "";
+syncUrl.search = "";
+const client = new BridgeClient(syncUrl.href, { warnOnUnsaved: true });
 (globalThis as { bridgeClient?: BridgeClient }).bridgeClient = client; // for tests and the console
 
 // ------------------------------------------------------------ status
@@ -57,6 +65,8 @@ const STATUS_TEXT: Record<ClientStatus, string> = {
   offline: "offline",
   saving: "saving…",
   saved: "saved",
+  failed: "failed",
+  closed: "closed",
 };
 function showStatus(s: ClientStatus): void {
   statusEl.dataset["status"] = s;

@@ -1,17 +1,12 @@
-// The one Automerge instance of this bundle.
+// The one Automerge instance this library uses: the application's own
+// `@automerge/automerge` (a peer dependency), so documents pass freely
+// between the app and the client. Its package entry loads the wasm the way
+// the platform wants (bundler, Node, workerd). Everything that needs
+// Automerge imports it from this module.
 //
-// `@automerge/automerge/slim` carries no wasm; the wasm comes from the
-// `automerge.wasm.base64` entry, inlined by esbuild, and is compiled
-// asynchronously here with top-level await. The result is a single
-// self-contained ES module that works in browsers (no .wasm file to serve,
-// no synchronous main-thread compile) and in Node 20. Everything that needs
-// Automerge imports it from this module so initialisation happens first.
+// The single-file bundle (web/dist/client.js) replaces this module with
+// ./automerge-inline.ts, which inlines the wasm.
 
-import * as Automerge from "@automerge/automerge/slim";
-import { automergeWasmBase64 } from "@automerge/automerge/automerge.wasm.base64";
-
-if (!Automerge.isWasmInitialized()) {
-  await Automerge.initializeBase64Wasm(automergeWasmBase64);
-}
+import * as Automerge from "@automerge/automerge";
 
 export { Automerge };

@@ -24,14 +24,29 @@ import {
   type ServerEphMsg,
   type WelcomeMsg,
 } from "./protocol.js";
-import { defaultWebSocket, type WebSocketConstructor } from "./transport.js";
+import { defaultFetch, defaultWebSocket, probeUpgrade, type WebSocketConstructor } from "./transport.js";
 import { httpBaseOf, randomId, withTimeout } from "./util.js";
 
-export type ClientStatus = "connecting" | "offline" | "saving" | "saved";
+/**
+ * "connecting": no session yet (first connect or reconnecting);
+ * "offline": disconnected, waiting to reconnect (edits are kept);
+ * "saving": connected, some local change is not durable yet;
+ * "saved": connected, everything local is durable on the server;
+ * "failed": given up for good after a fatal error (see the `error` event);
+ * "closed": `close()` was called.
+ */
+export type ClientStatus = "connecting" | "offline" | "saving" | "saved" | "failed" | "closed";
+
+/** A token, or a function giving the current one (called for every `hello`, may be async). */
+export type TokenSource = string | (() => string | undefined | Promise<string | undefined>);
 
 export interface BridgeClientOptions {
-  /** Sent in `hello`; also appended as `?token=` to the sendBeacon URL. */
-  token?: string;
+  /**
+   * Sent in `hello`; also appended as `?token=` to the sendBeacon URL. A
+   * function is asked again for every connection; after a 4401 refusal the
+   * client reconnects only if it then gives a different token.
+   */
+  token?: TokenSource;
   /** Our peer id in `hello` (default: random). */
   peerId?: string;
   /** Capabilities announced in `hello` (default: none). */
@@ -42,6 +57,14 @@ export interface BridgeClientOptions {
   storage?: UnsavedStore | false;
   /** WebSocket constructor; required in Node 20 (e.g. the `ws` package's). */
   WebSocket?: WebSocketConstructor;
+  /**
+   * `fetch` for the upgrade probe: when a socket fails before it ever opened
+   * and the WebSocket does not tell the HTTP status (browsers), the client
+   * GETs the socket URL over http(s) (and `/healthz` beside it) to tell a
+   * wrong URL (fatal) from a server that is down (retry). Default: the
+   * global fetch; `false`: never probe.
+   */
+  fetch?: typeof fetch | false;
   /** Base URL for HTTP routes (sendBeacon); default derived from the sync URL. */
   httpBase?: string;
   /** Send unsaved changes with navigator.sendBeacon on pagehide (default true). */
@@ -109,6 +132,8 @@ export class BridgeClient extends Emitter<ClientEvents> {
   readonly #scope: string;
   readonly #host: DocHost;
   readonly #hooks: PageHooks;
+  /** The token sent in the latest `hello`. */
+  #token: string | undefined;
 
   #status: ClientStatus = "connecting";
 
@@ -135,6 +160,7 @@ export class BridgeClient extends Emitter<ClientEvents> {
     this.#scope = `${parsed.protocol}//${parsed.host}${parsed.pathname}`;
     this.#store = options.storage === false ? null : (options.storage ?? defaultStore());
     this.#host = this.#makeHost();
+    const probeFetch = options.fetch === false ? undefined : (options.fetch ?? defaultFetch());
     this.#conn = new Connection(
       url,
       WS,
@@ -145,6 +171,8 @@ export class BridgeClient extends Emitter<ClientEvents> {
       },
       {
         hello: () => this.#hello(),
+        refreshToken: () => this.#refreshToken(),
+        ...(probeFetch ? { probe: () => probeUpgrade(url, probeFetch) } : {}),
         welcome: (msg) => this.#onWelcome(msg),
         message: (msg) => this.#onMessage(msg),
         down: () => this.#docs.forEach((doc) => doc._detach()),
@@ -167,7 +195,7 @@ export class BridgeClient extends Emitter<ClientEvents> {
     this.#conn.start();
   }
 
-  /** "connecting" | "offline" | "saving" | "saved". */
+  /** "connecting" | "offline" | "saving" | "saved" | "failed" | "closed" (see ClientStatus). */
   get status(): ClientStatus {
     return this.#status;
   }
@@ -192,6 +220,7 @@ export class BridgeClient extends Emitter<ClientEvents> {
   open<T = any>(docId: string): Promise<BridgeDoc<T>> {
     assertDocId(docId);
     if (this.#closing) return Promise.reject(new BridgeError("closed", "client is closed"));
+    if (this.#conn.fatal) return Promise.reject(this.#conn.fatal);
     const existing = this.#opening.get(docId);
     if (existing) return existing as Promise<BridgeDoc<T>>;
     const p = this.#open<T>(docId);
@@ -215,8 +244,13 @@ export class BridgeClient extends Emitter<ClientEvents> {
     return true;
   }
 
-  /** Resolve once every open document's current heads are durable on the server. */
+  /**
+   * Resolve once every open document's current heads are durable on the
+   * server (at once when there is nothing to flush). Survives reconnects;
+   * rejects after a fatal error or `close()`.
+   */
   async flush(): Promise<void> {
+    if (this.#conn.fatal) throw this.#conn.fatal;
     const docs: Record<string, HexHeads> = {};
     for (const [id, d] of this.#docs) {
       const heads = d.heads;
@@ -273,6 +307,7 @@ export class BridgeClient extends Emitter<ClientEvents> {
   }
 
   #waitForOpen(doc: BridgeDoc<any>): Promise<void> {
+    if (this.#conn.fatal) return Promise.reject(this.#conn.fatal);
     if (doc.synced || this.#conn.state === "offline") return Promise.resolve();
     const timeout = this.#opts.openTimeout ?? DEFAULTS.openTimeout;
     return new Promise<void>((resolve, reject) => {
@@ -285,7 +320,7 @@ export class BridgeClient extends Emitter<ClientEvents> {
       };
       const timer = setTimeout(() => finish(), timeout);
       const offStatus = this.on("status", (s) => {
-        if (s === "offline") finish();
+        if (s === "offline" || s === "failed" || s === "closed") finish();
       });
       doc.whenSynced().then(() => finish(), finish);
     });
@@ -360,10 +395,25 @@ export class BridgeClient extends Emitter<ClientEvents> {
     this.#conn.send(msg);
   }
 
-  #hello(): HelloMsg {
-    const hello: HelloMsg = { t: "hello", v: [PROTOCOL_VERSION], peer: this.peerId, caps: this.#opts.caps ?? [] };
-    if (this.#opts.token !== undefined) hello.token = this.#opts.token;
-    return hello;
+  #hello(): HelloMsg | Promise<HelloMsg> {
+    const make = (token: string | undefined): HelloMsg => {
+      this.#token = token;
+      const hello: HelloMsg = { t: "hello", v: [PROTOCOL_VERSION], peer: this.peerId, caps: this.#opts.caps ?? [] };
+      if (token !== undefined) hello.token = token;
+      return hello;
+    };
+    const source = this.#opts.token;
+    if (typeof source !== "function") return make(source);
+    const token = source();
+    return token instanceof Promise ? token.then(make) : make(token);
+  }
+
+  /** After 4401: is there a token different from the one refused? */
+  async #refreshToken(): Promise<boolean> {
+    const source = this.#opts.token;
+    if (typeof source !== "function") return false;
+    const fresh = await source();
+    return fresh !== undefined && fresh !== this.#token;
   }
 
   /** Welcomed: re-open every document with a fresh sync state, re-send pending flushes. */
@@ -424,7 +474,7 @@ export class BridgeClient extends Emitter<ClientEvents> {
     const unsaved = this.hasUnsavedChanges;
     this.#hooks.setUnsaved(unsaved);
     const conn: ConnectionState = this.#conn.state;
-    const status: ClientStatus = conn !== "online" ? conn : unsaved ? "saving" : "saved";
+    const status: ClientStatus = this.#closed ? "closed" : conn !== "online" ? conn : unsaved ? "saving" : "saved";
     if (status === this.#status) return;
     this.#status = status;
     this.emit("status", status);
@@ -442,7 +492,8 @@ export class BridgeClient extends Emitter<ClientEvents> {
       const payload = doc._beaconPayload();
       if (!payload) continue;
       let url = `${this.httpBase}/docs/${encodeURIComponent(doc.id)}/changes`;
-      if (this.#opts.token !== undefined) url += `?token=${encodeURIComponent(this.#opts.token)}`;
+      const token = typeof this.#opts.token === "function" ? this.#token : this.#opts.token;
+      if (token !== undefined) url += `?token=${encodeURIComponent(token)}`;
       sendBeacon(url, payload);
       doc._local?.update();
     }
@@ -465,6 +516,7 @@ export class BridgeClient extends Emitter<ClientEvents> {
     this.#opening.clear();
     this.#flushes.rejectAll(new BridgeError("closed", "client is closed"));
     await this.#conn.stop();
+    this.#updateStatus();
     await Promise.all(docs.map((d) => d._local?.idle()));
     if (failure) throw failure;
   }

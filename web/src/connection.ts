@@ -16,12 +16,60 @@ import {
 import { OPEN, frameBytes, type WebSocketConstructor, type WebSocketLike } from "./transport.js";
 import { backoff } from "./util.js";
 
-/** "online" means welcomed. */
-export type ConnectionState = "connecting" | "online" | "offline";
+/** "online" means welcomed; "failed" means given up for good (see `fatal`). */
+export type ConnectionState = "connecting" | "online" | "offline" | "failed";
+
+/** What `probe` makes of a socket that failed before it opened. */
+export type ProbeVerdict = { fatal: false } | { fatal: true; status: number };
+
+/**
+ * Close codes after which reconnecting is pointless: the server refused us
+ * (4401 unless a fresh token is available, 4403), found our frames malformed
+ * (4400) or too big (1009). Same set as the Python client.
+ */
+export const FATAL_CLOSE_CODES: ReadonlySet<number> = new Set([4400, 4401, 4403, 1009]);
+/** Close codes after which the client comes back at once (with jitter) rather than backing off. */
+export const QUICK_RECONNECT_CODES: ReadonlySet<number> = new Set([1001, 4409, 4429]);
+
+const CLOSE_CODE_NAMES: Record<number, string> = {
+  4400: "protocol",
+  4401: "unauthorized",
+  4403: "forbidden",
+  1009: "too_big",
+  1011: "server_error",
+};
+
+/**
+ * Is an HTTP status in answer to the upgrade request final? Every 3xx and
+ * 4xx is (wrong URL, no such route, refused), except 408 and 429 (come back
+ * later); 5xx is a server or proxy in trouble (e.g. a deploy): retried.
+ */
+export function isFatalHttpStatus(status: number): boolean {
+  return status >= 300 && status < 500 && status !== 408 && status !== 429;
+}
+
+/** The HTTP status in an error event of the `ws` package ("Unexpected server response: 404"). */
+function httpStatusOfError(ev: unknown): number | undefined {
+  const e = ev as { message?: unknown; error?: { message?: unknown } } | null;
+  const text = [e?.message, e?.error?.message].find((m) => typeof m === "string") as string | undefined;
+  const match = text ? /Unexpected server response: (\d{3})/.exec(text) : null;
+  return match ? Number(match[1]) : undefined;
+}
 
 export interface ConnectionHandlers {
-  /** The `hello` to send on each new socket. */
-  hello(): HelloMsg;
+  /** The `hello` to send on each new socket (async when the token comes from a function). */
+  hello(): HelloMsg | Promise<HelloMsg>;
+  /**
+   * Called after 4401: resolves true when a token different from the one
+   * just refused is available (reconnect at once with it), false otherwise
+   * (4401 is then fatal).
+   */
+  refreshToken(): Promise<boolean>;
+  /**
+   * A socket closed before it ever opened and no HTTP status is known (a
+   * browser hides it): find out whether the URL is wrong. Absent: no probing.
+   */
+  probe?: () => Promise<ProbeVerdict>;
   /** A socket was welcomed; state is already "online" (so sends go out). */
   welcome(msg: WelcomeMsg): void;
   /** Any server message other than `welcome` (`error` may come before it). */
@@ -31,7 +79,7 @@ export interface ConnectionHandlers {
   state(state: ConnectionState): void;
   /** Something went wrong that the caller may want to hear about. */
   error(err: BridgeError): void;
-  /** The server refused us for good (4401, 4403, protocol version): no more reconnects. */
+  /** Given up for good (fatal close code, HTTP error on the upgrade, protocol version): no more reconnects. */
   fatal(err: BridgeError): void;
 }
 
@@ -55,6 +103,12 @@ export class Connection {
   #stopped = false;
   #fatal: BridgeError | null = null;
   #gone: (() => void)[] = [];
+  /** Did the current socket open? Did any socket of this connection ever open (the URL is right)? */
+  #opened = false;
+  #everOpened = false;
+  /** HTTP status of the current socket's failed upgrade, when the WebSocket implementation tells. */
+  #upgradeStatus: number | undefined;
+  #probing = false;
 
   constructor(url: string, WebSocket: WebSocketConstructor, opts: ConnectionOptions, handlers: ConnectionHandlers) {
     this.#url = url;
@@ -113,7 +167,7 @@ export class Connection {
       await gone;
       clearTimeout(timer);
     }
-    this.#setState("offline");
+    if (!this.#fatal) this.#setState("offline");
   }
 
   #connect(): void {
@@ -134,12 +188,30 @@ export class Connection {
     ws.onopen = () => this.#onOpen(ws);
     ws.onmessage = (ev: { data: unknown }) => this.#onFrame(ws, ev.data);
     ws.onclose = (ev: { code?: number; reason?: string }) => this.#onClose(ws, ev.code ?? 1006, ev.reason ?? "");
-    ws.onerror = () => {}; // a close event follows
+    this.#opened = false;
+    this.#upgradeStatus = undefined;
+    ws.onerror = (ev: unknown) => {
+      // A close event follows; keep what it cannot say: the HTTP status.
+      if (ws === this.#ws && !this.#opened) this.#upgradeStatus = httpStatusOfError(ev) ?? this.#upgradeStatus;
+    };
   }
 
   #onOpen(ws: WebSocketLike): void {
     if (ws !== this.#ws) return;
-    this.#sendOn(ws, this.#h.hello());
+    this.#opened = this.#everOpened = true;
+    const hello = this.#h.hello();
+    if (hello instanceof Promise) {
+      hello.then(
+        (msg) => {
+          if (ws === this.#ws) this.#sendOn(ws, msg);
+        },
+        (e) => {
+          if (ws !== this.#ws) return;
+          this.#h.error(new BridgeError("unauthorized", `cannot get a token: ${String(e)}`, { cause: e }));
+          this.#abandon(ws, 1000, "no token");
+        },
+      );
+    } else this.#sendOn(ws, hello);
     this.#handshakeTimer = setTimeout(() => this.#abandon(ws, 4408, "handshake timeout"), this.#opts.handshakeTimeout);
   }
 
@@ -187,34 +259,88 @@ export class Connection {
     if (ws !== this.#ws) return;
     this.#ws = null;
     clearTimeout(this.#handshakeTimer);
+    const opened = this.#opened;
+    this.#opened = false;
     this.#h.down();
     const waiters = this.#gone;
     this.#gone = [];
     for (const w of waiters) w();
     if (this.#stopped || this.#fatal) {
-      this.#setState("offline");
+      if (!this.#fatal) this.#setState("offline");
       return;
     }
-    if (code === 4401 || code === 4403) {
-      const what = code === 4401 ? "unauthorized" : "forbidden";
-      this.#giveUp(new BridgeError(what, reason || `server closed the connection: ${what}`, { closeCode: code }));
+    if (!opened) {
+      this.#onFailedUpgrade();
       return;
     }
-    if (code === 4400 || code === 1009 || code === 1011) {
-      const what = code === 4400 ? "protocol" : code === 1009 ? "too_big" : "server_error";
-      this.#h.error(new BridgeError(what, reason || `server closed the connection (${code})`, { closeCode: code }));
+    if (code === 4401) {
+      if (this.#state === "online") this.#setState("connecting");
+      // A token source that now has a different token gets one more try.
+      this.#h.refreshToken().then(
+        (fresh) => {
+          if (this.#stopped || this.#fatal) return;
+          if (fresh) {
+            this.#setState("offline");
+            this.#scheduleReconnect(true);
+          } else this.#giveUp(closeError(code, reason));
+        },
+        (e) => this.#giveUp(new BridgeError("unauthorized", `token refresh failed: ${String(e)}`, { closeCode: code, cause: e })),
+      );
+      return;
+    }
+    if (FATAL_CLOSE_CODES.has(code)) {
+      this.#giveUp(closeError(code, reason));
+      return;
+    }
+    if (code === 1011) this.#h.error(closeError(code, reason));
+    this.#setState("offline");
+    // 1001 (server going away), 4409 (too slow: resync) and 4429 (rate
+    // limited): come back at once, with jitter so a restarting server is not
+    // hit by everyone together.
+    this.#scheduleReconnect(QUICK_RECONNECT_CODES.has(code));
+  }
+
+  /**
+   * The socket closed before it opened. An HTTP status we know (the `ws`
+   * package reports it) decides at once; without one (browsers hide it),
+   * until some socket has opened, `probe` asks the server over HTTP.
+   */
+  #onFailedUpgrade(): void {
+    const status = this.#upgradeStatus;
+    this.#upgradeStatus = undefined;
+    if (status !== undefined) {
+      if (isFatalHttpStatus(status)) {
+        this.#giveUp(upgradeError(status));
+        return;
+      }
+    } else if (!this.#everOpened && this.#h.probe && !this.#probing) {
+      // Stay "connecting" while the probe runs, so open() does not settle
+      // with local state just before the verdict.
+      this.#probing = true;
+      this.#h
+        .probe()
+        .catch((): ProbeVerdict => ({ fatal: false }))
+        .then((verdict) => {
+          this.#probing = false;
+          if (this.#stopped || this.#fatal || this.#ws) return;
+          if (verdict.fatal && !this.#everOpened) this.#giveUp(upgradeError(verdict.status));
+          else {
+            this.#setState("offline");
+            this.#scheduleReconnect(false);
+          }
+        });
+      return;
     }
     this.#setState("offline");
-    // 1001 (server going away) and 4409 (too slow: resync): come back at once,
-    // with jitter so a restarting server is not hit by everyone together.
-    this.#scheduleReconnect(code === 1001 || code === 4409);
+    this.#scheduleReconnect(false);
   }
 
   #giveUp(err: BridgeError): void {
+    if (this.#fatal) return;
     this.#fatal = err;
     clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = undefined;
-    this.#setState("offline");
+    this.#setState("failed");
     this.#h.fatal(err);
   }
 
@@ -250,4 +376,15 @@ export class Connection {
     this.#state = state;
     this.#h.state(state);
   }
+}
+
+function closeError(code: number, reason: string): BridgeError {
+  const what = CLOSE_CODE_NAMES[code] ?? `closed_${code}`;
+  return new BridgeError(what, reason || `server closed the connection: ${what} (${code})`, { closeCode: code });
+}
+
+function upgradeError(status: number): BridgeError {
+  return new BridgeError("http_error", `the server answered the WebSocket upgrade with HTTP ${status}: is the URL right?`, {
+    httpStatus: status,
+  });
 }

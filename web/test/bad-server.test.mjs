@@ -1,8 +1,9 @@
 // Bad server input, from a scripted fake server (the `ws` package on
 // 127.0.0.1:0): garbage, text frames, unknown message types, wrong field
 // types, frames before `welcome`, bad Automerge data, refusing close codes.
-// The client must report an `error` event and carry on (or, for 4401/4403
-// and a wrong protocol version, stop for good) — never throw or hang.
+// The client must report an `error` event and carry on (or, for 4400, 4401,
+// 4403, 1009 and a wrong protocol version, stop for good: status "failed")
+// — never throw or hang.
 
 import assert from "node:assert/strict";
 import { encode } from "@msgpack/msgpack";
@@ -146,8 +147,10 @@ test("bad Automerge data in a sync message: a document error event, and the docu
 });
 
 for (const [code, name] of [
+  [4400, "protocol"],
   [4401, "unauthorized"],
   [4403, "forbidden"],
+  [1009, "too_big"],
 ]) {
   test(`close ${code} (${name}): an error event, pending work rejected, and no reconnect`, async () => {
     const fake = await fakeServer(async (peer) => {
@@ -162,28 +165,22 @@ for (const [code, name] of [
     assert.equal(e.code, name);
     assert.equal(e.closeCode, code);
     await assert.rejects(within(opening, undefined, "open() settles"), { code: name });
-    assert.equal(c.status, "offline");
+    assert.equal(c.status, "failed");
     const hello = fake.peers[0].frames[0];
     assert.deepEqual(hello, { t: "hello", v: [1], peer: c.peerId, caps: [], token: "wrong" });
     // With 20 ms backoff a reconnect would come at once; none does.
     await staysTrue(() => fake.peers.length === 1, 500, "no reconnect after a refusal");
-    assert.equal(c.status, "offline");
-    // Local editing still works; asking the server for anything does not.
-    const later = await within(c.open("later"), undefined, "open() after a refusal");
-    later.change((d) => {
-      d.local = true;
-    });
-    await assert.rejects(within(later.flush(), undefined, "flush() after a refusal"), { code: name });
+    assert.equal(c.status, "failed");
+    // Nothing that needs the server works any more, and it says why.
+    await assert.rejects(within(c.open("later"), undefined, "open() after a refusal"), { code: name });
+    await assert.rejects(within(c.flush(), undefined, "client.flush() after a refusal"), { code: name });
     assert.equal(c.ephemeral("refused", { x: 1 }), false);
     await within(c.close(), 3000, "close() after a refusal");
+    assert.equal(c.status, "closed");
   });
 }
 
-for (const [code, name] of [
-  [4400, "protocol"],
-  [1009, "too_big"],
-  [1011, "server_error"],
-]) {
+for (const [code, name] of [[1011, "server_error"]]) {
   test(`close ${code}: an error event "${name}", then the client reconnects`, async () => {
     const fake = await fakeServer(async (peer) => {
       await peer.expect("hello");
@@ -222,7 +219,7 @@ test("close() while the socket is still connecting or handshaking returns at onc
   const fake = await fakeServer(() => {}); // never welcomes
   const early = clients.make(fake.url, FAST);
   await within(early.close(), 2000, "close() right after construction");
-  assert.equal(early.status, "offline");
+  assert.equal(early.status, "closed");
   // (Whether the aborted socket above ever reached the server is up to timing.)
   const handshaking = clients.make(fake.url, FAST);
   await waitFor(
@@ -231,7 +228,7 @@ test("close() while the socket is still connecting or handshaking returns at onc
     "hello from the second client",
   );
   await within(handshaking.close(), 2000, "close() while waiting for welcome");
-  assert.equal(handshaking.status, "offline");
+  assert.equal(handshaking.status, "closed");
   const connections = fake.peers.length;
   await staysTrue(() => fake.peers.length === connections, 200, "no reconnect after close()");
 });
@@ -241,7 +238,7 @@ test("a welcome for another protocol version stops the client for good", async (
   const c = clients.make(fake.url, FAST);
   const e = await nextEvent(c, "error");
   assert.equal(e.code, "version");
-  await waitStatus(c, "offline");
+  await waitStatus(c, "failed");
   await staysTrue(() => fake.peers.length === 1, 400, "no reconnect after a version mismatch");
 });
 
@@ -307,4 +304,46 @@ test("flush answers: a flushed for another id is ignored, an error for ours reje
   const err = nextEvent(c, "error");
   peer.send({ t: "error", code: "rate_limited", msg: "slow down" });
   assert.equal((await err).code, "rate_limited");
+});
+
+test("4401 with a token function: reconnects at once when it gives a fresh token, fatal when it gives the same", async () => {
+  const fake = await fakeServer(async (peer) => {
+    const hello = await peer.expect("hello");
+    if (hello.token === "fresh") peer.welcome();
+    else peer.close(4401, "expired");
+  });
+  let token = "stale";
+  const refreshed = clients.make(fake.url, {
+    ...FAST,
+    token: async () => {
+      const t = token;
+      token = "fresh"; // the app's auth code renewed it meanwhile
+      return t;
+    },
+  });
+  const errors = record(refreshed, ["error"]);
+  await waitStatus(refreshed, "saved");
+  assert.deepEqual(fake.peers.map((p) => p.frames[0]?.token), ["stale", "fresh"]);
+  assert.deepEqual(errors.of("error"), [], "a refreshed token is not an error");
+
+  const stuck = clients.make(fake.url, { ...FAST, token: () => "stale" });
+  const e = await nextEvent(stuck, "error");
+  assert.equal(e.code, "unauthorized");
+  assert.equal(e.closeCode, 4401);
+  await waitStatus(stuck, "failed");
+});
+
+test("a welcome followed by an unknown message type and unknown fields: ignored, the session carries on", async () => {
+  const fake = await fakeServer((peer) => peer.handshake({ future: { x: 1 } }));
+  const c = clients.make(fake.url, FAST);
+  const doc = await within(c.open("fwd"), undefined, "open");
+  const peer = await fake.peer(0);
+  peer.send({ t: "announce-v9", doc: "fwd", data: new Uint8Array([1]) });
+  peer.send({ t: "saved", doc: "fwd", heads: [], extra: "ignored" });
+  const seen = nextEvent(c, "ephemeral");
+  marker(peer, 1);
+  await seen;
+  assert.equal(doc.closed, false);
+  assert.equal(c.status, "saved");
+  assert.equal(fake.peers.length, 1, "no reconnect");
 });

@@ -66,7 +66,7 @@ test("close() flushes every document, then says bye, and the server closes with 
 
   // Afterwards: offline, documents closed, nothing works and nothing reconnects.
   await Promise.all(closedEvents);
-  assert.equal(c.status, "offline");
+  assert.equal(c.status, "closed");
   assert.equal(d1.closed, true);
   assert.equal(c.docs.size, 0);
   assert.throws(() => d1.change((d) => (d.x = 1)), { code: "closed" });
@@ -125,7 +125,7 @@ test("close() while the server is down rejects after its timeout instead of hang
     const started = Date.now();
     await assert.rejects(within(c.close({ timeout: 300 }), 5000, "close() offline"), { code: "timeout" });
     assert.ok(Date.now() - started < 4000, "bounded by its timeout");
-    assert.equal(c.status, "offline");
+    assert.equal(c.status, "closed");
     assert.equal(doc.closed, true);
     assert.deepEqual(errors.of("error"), []);
   } finally {

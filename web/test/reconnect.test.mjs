@@ -139,7 +139,7 @@ test("edits kept in local storage by a client that could not save reach the serv
   await waitFor(() => store.size > 0, undefined, "unsaved edit kept locally");
   // The "tab" goes away while offline: close gives up on flushing after its timeout.
   await assert.rejects(first.close({ timeout: 200 }), { code: "timeout" });
-  assert.equal(first.status, "offline");
+  assert.equal(first.status, "closed");
   assert.ok(store.size > 0, "unsaved edits stay in local storage");
 
   await env.bridge.start();
