@@ -10,40 +10,88 @@
         async for heads in doc.updates(): # someone else changed it
             ...
 
-Documents live locally: edits made while the connection is down are kept and
-synced after the client reconnects (exponential backoff with jitter). Each
-(re)connection starts every document's sync state afresh, as the server's
-state for us is new too. Pending flushes are re-sent after a reconnect.
+Documents live locally (offline-first): edits made while the connection is
+down are kept and synced after the client reconnects (exponential backoff
+with jitter). Each (re)connection starts every document's sync state afresh,
+as the server's state for us is new too. Pending flushes are re-sent after a
+reconnect.
+
+``client.status`` is the same vocabulary as the browser client's:
+``connecting``, ``offline``, ``saving`` (online, some local change is not
+known durable yet), ``saved`` (online, everything durable), plus a terminal
+``closed`` (after :meth:`BridgeClient.close`, or when the client gave up:
+then ``client.failure`` says why).
+
+Errors are the shared tree of :mod:`bridge.errors`: an ``error`` frame
+raises the :class:`~bridge.errors.DocError` subclass for its code
+(``Forbidden``, ``BadDocId``, ``FlushTimeout``...); a flush not durable in
+time raises :class:`~bridge.errors.FlushTimeout`; the client gives up for good
+(no more reconnects) on an HTTP error answering the WebSocket upgrade
+(:class:`~bridge.errors.ConnectionRejected`) and on the fatal close codes
+4400, 4401, 4403 and 1009 (:class:`~bridge.errors.ConnectionClosed`). 1001 and
+4409 reconnect at once (with jitter), 4429 after the delay in the close
+reason (seconds), anything else with backoff.
 """
 
 from __future__ import annotations
 
 import itertools
-import random
 import logging
+import random
+import re
 import secrets
+import sys
+import time
 from contextlib import contextmanager
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Iterator, Protocol, get_args
 
 import anyio
 import httpx
+import msgspec
 from automerge import core
 from automerge.document import MapReadProxy, MapWriteProxy
-from httpx_ws import HTTPXWSException, WebSocketDisconnect, aconnect_ws
+from httpx_ws import HTTPXWSException, WebSocketDisconnect, WebSocketUpgradeError, aconnect_ws
 from wsproto.utilities import LocalProtocolError
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
-from .protocol import native as m
-from .protocol.native import CloseCode, ProtocolError
-from .core.outbox import Outbox
+from .core.outbox import Outbox, OutboxOverflow
 from .core.sync import BadSyncMessage, DocSync, HashIndex
+from .errors import (
+    BridgeError,
+    CloseCode,
+    ConnectionClosed,
+    ConnectionRejected,
+    DocError,
+    FlushTimeout,
+    ProtocolError,
+)
+from .protocol import native as m
 from .tasks import first_leaf, race
+
+__all__ = [
+    "BridgeClient",
+    "BridgeError",
+    "ConnectionClosed",
+    "ConnectionRejected",
+    "DocError",
+    "FlushTimeout",
+    "PendingFlush",
+    "RemoteDoc",
+]
 
 log = logging.getLogger(__name__)
 
-# Close codes after which reconnecting cannot help.
-FATAL_CLOSE_CODES = {CloseCode.PROTOCOL, CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN, CloseCode.TOO_BIG}
+Heads = list[bytes]
 
+# Close codes after which reconnecting cannot help (the browser client's too).
+FATAL_CLOSE_CODES = CloseCode.FATAL
+# Close codes after which coming back at once is right: the server restarts,
+# or we fell behind and resync from scratch.
+QUICK_RECONNECT_CODES = frozenset({CloseCode.GOING_AWAY, CloseCode.TOO_SLOW})
+# A 4429 reason carries the delay in seconds; honoured up to this bound.
+MAX_RATE_LIMIT_DELAY = 600.0
+# A session shorter than this does not reset the backoff: a server that
+# welcomes and then drops us every time must not be hammered.
+STABLE_SESSION_SECONDS = 1.0
 
 # What ends a connection without making reconnecting pointless.
 _TRANSIENT = (
@@ -52,40 +100,136 @@ _TRANSIENT = (
     OSError,
     httpx.HTTPError,
     TimeoutError,
-    ProtocolError,
+    ProtocolError,  # the server sent something we cannot read: reconnect, with backoff
+    OutboxOverflow,
     anyio.BrokenResourceError,
 )
 
 
-class BridgeError(Exception):
-    """An ``error`` frame from the server, or the client gave up."""
+# --- lenient decoding of server frames --------------------------------------
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
+_SERVER_TAGS = frozenset(cls.__struct_config__.tag for cls in get_args(m.ServerMessage))
 
 
-class _ConnectionLost(Exception):
-    pass
+class _Envelope(msgspec.Struct):
+    t: object = None
+
+
+_envelope_decoder = msgspec.msgpack.Decoder(_Envelope)
+_TRUSTED_RECURSION_LIMIT = 10_000  # as in bridge.protocol.native
+
+
+def decode_server_frame(frame: bytes) -> m.ServerMessage | None:
+    """Decode a server frame; ``None`` for a message type this client does
+    not know (forward compatibility: a newer server may send more types, and
+    they are ignored, as unknown fields are). Anything else that does not
+    decode raises :class:`ProtocolError`."""
+    try:
+        return m.decode_server(frame)
+    except ProtocolError:
+        if _has_unknown_type(frame):
+            return None
+        raise
+
+
+def _has_unknown_type(frame: bytes) -> bool:
+    if sys.getrecursionlimit() > _TRUSTED_RECURSION_LIMIT and m.nesting_exceeds(frame):
+        return False
+    try:
+        t = _envelope_decoder.decode(frame).t
+    except Exception:  # not a map, malformed MessagePack...: a bad frame
+        return False
+    return isinstance(t, str) and t not in _SERVER_TAGS
+
+
+# --- the interface between documents and their client -----------------------
+
+
+class DocHost(Protocol):
+    """What a :class:`RemoteDoc` needs from its client (internal)."""
+
+    @property
+    def failure(self) -> BridgeError | None:
+        """Why the client gave up for good, if it did."""
+
+    def changed(self, doc: RemoteDoc) -> None:
+        """A local change was made: send it when the link allows."""
+
+    async def flush(self, docs: dict[str, Heads], timeout: float | None) -> dict[str, Heads]:
+        """Wait until the server has made ``docs`` durable."""
+
+    def release(self, doc: RemoteDoc) -> None:
+        """The document was closed: stop syncing it."""
+
+
+class PendingFlush:
+    """One ``flush`` request: re-sent after each reconnect until answered."""
+
+    def __init__(self, request_id: int, docs: dict[str, Heads]) -> None:
+        self.id = request_id
+        self.docs = docs
+        self.result: dict[str, Heads] | None = None
+        self.error: BridgeError | None = None
+        self._done = anyio.Event()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def frame(self) -> bytes:
+        return m.encode(m.Flush(id=self.id, docs=self.docs))
+
+    def resolve(self, docs: dict[str, Heads]) -> None:
+        if not self.done:
+            self.result = docs
+            self._done.set()
+
+    def fail(self, error: BridgeError) -> None:
+        if not self.done:
+            self.error = error
+            self._done.set()
+
+    async def wait(self, timeout: float) -> dict[str, Heads]:
+        with anyio.move_on_after(timeout):
+            await self._done.wait()
+        if not self.done:
+            doc = next(iter(self.docs)) if len(self.docs) == 1 else None
+            raise FlushTimeout(f"not durable within {timeout:g} s", doc=doc, request=self.id)
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+class _GiveUp(Exception):
+    """Raised inside a connection attempt when reconnecting is pointless."""
+
+    def __init__(self, error: BridgeError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class RemoteDoc:
     """A local Automerge document kept in sync with the bridge."""
 
-    def __init__(self, client: BridgeClient, doc_id: str) -> None:
+    def __init__(self, host: DocHost, doc_id: str) -> None:
         self.id = doc_id
-        self._client = client
+        self._host = host
         self._doc = core.Document()
         self._sync = DocSync(self._doc)
         self._index = HashIndex(self._doc)
-        self.server_durable_heads: list[bytes] | None = None  # from `saved`
+        self.server_durable_heads: Heads | None = None  # from `saved`, on this connection
+        self._durable: set[bytes] = set()  # heads the server said are durable (saved + flushed)
+        self._target: Heads | None = None  # heads of the latest local change not known durable
         self._changed = anyio.Event()
-        self._progress = anyio.Event()  # any sync, saved or error for this doc
-        self.error: BridgeError | None = None
+        self._progress = anyio.Event()  # any sync, saved, error, or client state change
+        self.error: DocError | None = None
         self.closed = False
 
+    # --- reading ------------------------------------------------------------
+
     @property
-    def heads(self) -> list[bytes]:
+    def heads(self) -> Heads:
         return self._doc.get_heads()
 
     @property
@@ -95,21 +239,43 @@ class RemoteDoc:
     def to_py(self) -> dict:
         return core.extract(self._doc)
 
-    def has_heads(self, heads: list[bytes]) -> bool:
+    def has_heads(self, heads: Heads) -> bool:
         return self._index.contains_all(heads)
+
+    @property
+    def synced(self) -> bool:
+        """True once this connection's initial sync finished: the document
+        holds everything the server had durably when it answered ``open``."""
+        return self.server_durable_heads is not None and self.has_heads(self.server_durable_heads)
+
+    @property
+    def unsaved(self) -> bool:
+        """True while some local change is not known durable on the server."""
+        return self._target is not None
+
+    # --- writing ------------------------------------------------------------
 
     @contextmanager
     def change(self) -> Iterator[MapWriteProxy]:
         """Edit in one transaction; it is sent as soon as the link allows."""
+        before = self.heads
         with self._doc.transaction() as tx:
             yield MapWriteProxy(tx, core.ROOT, None)
-        self._client._outbox.mark_dirty(self.id)
+        heads = self.heads
+        if heads != before:
+            self._target = heads
+        self._host.changed(self)
 
-    async def flush(self, timeout: float | None = None) -> list[bytes]:
-        """Return once the server has made every local change durable."""
-        return (await self._client._flush({self.id: self.heads}, timeout))[self.id]
+    async def flush(self, timeout: float | None = None) -> Heads:
+        """Return once the server has made every local change durable.
 
-    async def updates(self) -> AsyncIterator[list[bytes]]:
+        Survives reconnects; raises :class:`~bridge.errors.FlushTimeout`
+        after ``timeout`` (default: the client's ``flush_timeout``)."""
+        return (await self._host.flush({self.id: self.heads}, timeout))[self.id]
+
+    # --- waiting ------------------------------------------------------------
+
+    async def updates(self) -> AsyncIterator[Heads]:
         """Yield the heads each time remote changes arrive (coalesced)."""
         while not self.closed:
             await self._changed.wait()
@@ -117,25 +283,112 @@ class RemoteDoc:
             if not self.closed:
                 yield self.heads
 
-    async def wait_for(self, heads: list[bytes], timeout: float = 10.0) -> None:
+    async def wait_for(self, heads: Heads, timeout: float = 10.0) -> None:
         """Wait until the local document includes ``heads``."""
         with anyio.fail_after(timeout):
             while not self.has_heads(heads):
-                await self._wait_progress()
+                await self._progress.wait()
+
+    async def wait_synced(self, timeout: float = 10.0) -> None:
+        """Wait until the document holds everything the server had durably
+        (the initial sync of the current connection), however long the
+        client stays offline meanwhile. For a document :meth:`BridgeClient.open`
+        returned while offline. Raises TimeoutError, the document's
+        :class:`~bridge.errors.DocError`, or the client's failure."""
+        with anyio.fail_after(timeout):
+            while not self.synced:
+                self._raise_if_failed()
+                await self._progress.wait()
 
     async def close(self) -> None:
         self.closed = True
         self._changed.set()
-        self._client._close_doc(self)
+        self._host.release(self)
 
-    async def _wait_progress(self) -> None:
-        await self._progress.wait()
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self._host.failure is not None:
+            raise self._host.failure
 
-    def _signal(self, changed: bool) -> None:
+    # --- called by BridgeClient (its side of the interface) ------------------
+
+    def session_started(self) -> None:
+        """A new connection: the server's sync state for us is new, start over."""
+        self._sync.reset()
+        self.server_durable_heads = None
+
+    def outgoing_sync(self) -> list[bytes]:
+        """Sync messages the server needs now."""
+        return self._sync.generate()
+
+    def incoming_sync(self, data: bytes) -> None:
+        """Apply a sync message from the server."""
+        try:
+            changes = self._sync.receive(data)
+        except BadSyncMessage as exc:
+            log.error("bad sync message from server for %s: %s", self.id, exc)
+            changes = exc.applied
+        self.wake(changed=bool(changes))
+
+    def saved(self, heads: Heads) -> None:
+        """The server's durable heads for this document advanced."""
+        self.server_durable_heads = heads
+        self._durable = set(heads)
+        self._recheck()
+        self.wake()
+
+    def flushed(self, heads: Heads) -> None:
+        """The server answered a flush: ``heads`` are durable."""
+        self._durable.update(heads)
+        self._recheck()
+        self.wake()
+
+    def refused(self, error: DocError) -> None:
+        """An ``error`` frame about this document."""
+        self.error = error
+        self.wake()
+
+    def wake(self, changed: bool = False) -> None:
+        """Something happened that waiters may be waiting for."""
         if changed:
             self._changed.set()
         self._progress.set()
         self._progress = anyio.Event()
+
+    def _recheck(self) -> None:
+        if self._target is not None and self._covered(self._target):
+            self._target = None
+
+    def _covered(self, heads: Heads) -> bool:
+        """Whether every change up to ``heads`` is in the durable history."""
+        if all(h in self._durable for h in heads):
+            return True
+        known = [h for h in self._durable if self._index.contains_all([h])]
+        if not known:
+            return False
+        not_durable = {change.hash for change in self._doc.get_changes(known)}
+        return not any(h in not_durable for h in heads)
+
+
+class _Link:
+    """The client's side of :class:`DocHost`, handed to its documents."""
+
+    def __init__(self, client: BridgeClient) -> None:
+        self._client = client
+
+    @property
+    def failure(self) -> BridgeError | None:
+        return self._client.failure
+
+    def changed(self, doc: RemoteDoc) -> None:
+        self._client._doc_changed(doc)
+
+    async def flush(self, docs: dict[str, Heads], timeout: float | None) -> dict[str, Heads]:
+        return await self._client._request_flush(docs, timeout)
+
+    def release(self, doc: RemoteDoc) -> None:
+        self._client._release(doc)
 
 
 class BridgeClient:
@@ -158,12 +411,14 @@ class BridgeClient:
         self.backoff_max = backoff_max
         self.max_frame_bytes = max_frame_bytes
         self.docs: dict[str, RemoteDoc] = {}
-        self.status = "connecting"  # connecting | online | offline | failed
+        self.status = "connecting"  # connecting | offline | saving | saved | closed
         self.connections = 0  # successful handshakes so far
-        self.failure: BridgeError | None = None
+        self.failure: BridgeError | None = None  # why the client gave up, if it did
+        self._link = _Link(self)
+        self._state = "connecting"  # the connection: connecting | online | offline | closed
         self._outbox = Outbox()
         self._flush_ids = itertools.count(1)
-        self._flushes: dict[int, tuple[dict[str, list[bytes]], anyio.Event, list]] = {}
+        self._flushes: dict[int, PendingFlush] = {}
         self._status_changed = anyio.Event()
         self._eph_send, self._eph_receive = anyio.create_memory_object_stream[tuple[str, str, bytes]](1000)
         self._tg: anyio.abc.TaskGroup | None = None
@@ -181,80 +436,139 @@ class BridgeClient:
 
     async def __aexit__(self, *exc_info) -> None:
         try:
-            if exc_info[0] is None and self.status != "failed":
+            if exc_info[0] is None and self.failure is None:
                 await self.close()
         finally:
             self._tg.cancel_scope.cancel()
             await self._tg_cm.__aexit__(None, None, None)
 
+    @property
+    def online(self) -> bool:
+        """Connected and welcomed."""
+        return self._state == "online"
+
     async def close(self, timeout: float | None = None) -> None:
-        """Flush every document, say ``bye`` and disconnect."""
+        """Flush every document, say ``bye`` and disconnect (status ``closed``).
+
+        Raises :class:`~bridge.errors.FlushTimeout` if the documents are not
+        durable in time (the client stays open then)."""
         if self._closing:
             return
-        if self.docs:
-            await self._flush({d.id: d.heads for d in self.docs.values()}, timeout)
+        if self.docs and self.failure is None:
+            await self._request_flush({d.id: d.heads for d in self.docs.values()}, timeout)
         self._closing = True
         self._outbox.push(m.encode(m.Bye()))
         with anyio.move_on_after(5):
-            while self.status == "online":
-                await self._wait_status()
-        self._set_status("closed")
-        self._supervisor.cancel()
+            while self._state == "online":
+                await self._status_changed.wait()
+        self._shut()
 
     def abandon(self) -> None:
         """Stop at once without flushing: unsent edits are dropped with this
         object. For shutting down when the server is known to be gone."""
         self._closing = True
-        self._set_status("closed")
+        self._shut()
+
+    def _shut(self) -> None:
+        self._set_state("closed")
+        closed = BridgeError("the client is closed", code="closed")
+        for pending in list(self._flushes.values()):
+            pending.fail(closed)
         self._supervisor.cancel()
 
     async def wait_online(self, timeout: float = 10.0) -> None:
+        """Wait until connected; raises the client's failure if it gave up
+        (:class:`~bridge.errors.ConnectionRejected`,
+        :class:`~bridge.errors.ConnectionClosed`), TimeoutError otherwise."""
         with anyio.fail_after(timeout):
-            while self.status != "online":
+            while self._state != "online":
                 if self.failure:
                     raise self.failure
-                await self._wait_status()
+                if self._state == "closed":
+                    raise BridgeError("the client is closed", code="closed")
+                await self._status_changed.wait()
 
-    async def _wait_status(self) -> None:
-        await self._status_changed.wait()
+    def _set_state(self, state: str) -> None:
+        if self._state == "closed":
+            return
+        self._state = state
+        self._update_status()
+        for doc in self.docs.values():
+            doc.wake()
 
-    def _set_status(self, status: str) -> None:
-        self.status = status
+    def _update_status(self) -> None:
+        if self._state == "closed" and self.failure is not None:
+            status = "failed"  # gave up for good (as the TS client says)
+        elif self._state != "online":
+            status = self._state
+        else:
+            status = "saving" if any(doc.unsaved for doc in self.docs.values()) else "saved"
+        if status != self.status:
+            self.status = status
+        # Waiters re-check their own condition: wake them on every change of
+        # the connection state too (online -> online is not a change, though).
         self._status_changed.set()
         self._status_changed = anyio.Event()
 
     # --- documents ----------------------------------------------------------
 
     async def open(self, doc_id: str, *, timeout: float = 10.0) -> RemoteDoc:
-        """Open a document; returns once it holds everything the server had
-        durably when it answered (or at once, offline, with local state)."""
+        """Open a document (created on the server on first open).
+
+        Online, returns once the document holds everything the server had
+        durably when it answered. Offline (the server could not be reached,
+        or the connection dropped while waiting) it returns at once with the
+        local state — empty for a document this client has not opened before
+        — and syncs when the connection comes back: the client is
+        offline-first, edits made meanwhile are kept and sent then. A caller
+        that needs the server's content checks ``doc.synced`` or awaits
+        ``doc.wait_synced()`` (or ``client.wait_online()`` before opening).
+
+        Raises the :class:`~bridge.errors.DocError` for a refusal
+        (``Forbidden``, ``BadDocId``...), the client's failure if it gave up
+        (``ConnectionRejected``, ``ConnectionClosed``), and TimeoutError if
+        the initial sync does not finish within ``timeout`` while connected
+        (or while the first connection attempt is still under way).
+        """
         if not m.valid_doc_id(doc_id):
             raise ValueError(f"invalid document id {doc_id!r}")
+        if self.failure:
+            raise self.failure
+        if self._state == "closed":
+            raise BridgeError("the client is closed", code="closed")
         if doc_id in self.docs:
             return self.docs[doc_id]
-        doc = self.docs[doc_id] = RemoteDoc(self, doc_id)
-        if self.status == "online":
+        doc = self.docs[doc_id] = RemoteDoc(self._link, doc_id)
+        if self._state == "online":
             self._send_open(doc)
         with anyio.fail_after(timeout):
-            while doc.server_durable_heads is None or not doc.has_heads(doc.server_durable_heads):
-                if doc.error:
-                    del self.docs[doc_id]
-                    raise doc.error
-                if self.failure:
-                    raise self.failure
-                await doc._wait_progress()
+            while not doc.synced:
+                try:
+                    doc._raise_if_failed()
+                except BridgeError:
+                    if self.docs.get(doc_id) is doc:
+                        del self.docs[doc_id]
+                    raise
+                if self._state == "offline":
+                    break  # offline-first: the local state, synced later
+                await doc._progress.wait()
         return doc
 
     def _send_open(self, doc: RemoteDoc) -> None:
-        doc._sync.reset()
-        doc.server_durable_heads = None
+        doc.session_started()
         self._outbox.push(m.encode(m.Open(doc=doc.id)))
         self._outbox.mark_dirty(doc.id)
 
-    def _close_doc(self, doc: RemoteDoc) -> None:
-        if self.docs.pop(doc.id, None) is not None:
+    def _doc_changed(self, doc: RemoteDoc) -> None:
+        self._outbox.mark_dirty(doc.id)
+        self._update_status()
+
+    def _release(self, doc: RemoteDoc) -> None:
+        if self.docs.get(doc.id) is doc:
+            del self.docs[doc.id]
             self._outbox.forget(doc.id)
             self._outbox.push(m.encode(m.Close(doc=doc.id)))
+            self._update_status()
 
     def ephemeral(self, doc_id: str, data: bytes) -> None:
         self._outbox.push(m.encode(m.Eph(doc=doc_id, data=data)))
@@ -264,21 +578,19 @@ class BridgeClient:
         async for item in self._eph_receive:
             yield item
 
-    async def _flush(self, docs: dict[str, list[bytes]], timeout: float | None) -> dict[str, list[bytes]]:
-        request_id = next(self._flush_ids)
-        done = anyio.Event()
-        result: list = []
-        self._flushes[request_id] = (docs, done, result)
-        if self.status == "online":
-            self._outbox.push(m.encode(m.Flush(id=request_id, docs=docs)))
+    async def _request_flush(self, docs: dict[str, Heads], timeout: float | None) -> dict[str, Heads]:
+        if self.failure:
+            raise self.failure
+        if self._state == "closed":
+            raise BridgeError("the client is closed", code="closed")
+        pending = PendingFlush(next(self._flush_ids), docs)
+        self._flushes[pending.id] = pending
+        if self._state == "online":
+            self._outbox.push(pending.frame())
         try:
-            with anyio.fail_after(timeout or self.flush_timeout):
-                await done.wait()
+            return await pending.wait(timeout or self.flush_timeout)
         finally:
-            self._flushes.pop(request_id, None)
-        if isinstance(result[0], BridgeError):
-            raise result[0]
-        return result[0]
+            self._flushes.pop(pending.id, None)
 
     # --- connection ---------------------------------------------------------
 
@@ -287,34 +599,46 @@ class BridgeClient:
             await self._reconnect_forever()
 
     async def _reconnect_forever(self) -> None:
+        attempt = 0  # failed attempts since the last stable session
         while not self._closing:
-            retrying = AsyncRetrying(
-                sleep=anyio.sleep,
-                wait=wait_random_exponential(multiplier=self.backoff_initial, max=self.backoff_max),
-                retry=retry_if_exception_type(_ConnectionLost),
-                reraise=True,
-            )
+            self._set_state("connecting")
+            started = time.monotonic()
             try:
-                async for attempt in retrying:
-                    with attempt:
-                        await self._connect_once()
-                # The session had been established: come back soon, but not
-                # all at once with every other client of a restarting server.
-                await anyio.sleep(random.uniform(0, self.backoff_initial))
-            except BridgeError as exc:
-                self.failure = exc
-                self._set_status("failed")
-                for _, done, result in self._flushes.values():
-                    result.append(exc)
-                    done.set()
-                for doc in self.docs.values():
-                    doc._signal(False)
+                established, close_code, reason = await self._connect_once()
+            except _GiveUp as give_up:
+                self._give_up(give_up.error)
                 return
+            self._set_state("offline")
+            if self._closing:
+                return
+            stable = established and time.monotonic() - started >= STABLE_SESSION_SECONDS
+            if established and (stable or close_code in QUICK_RECONNECT_CODES):
+                attempt = 0
+            await anyio.sleep(self._reconnect_delay(attempt, established, close_code, reason))
+            attempt += 1
 
-    async def _connect_once(self) -> None:
-        """One connection. Returns after a session that had been established
-        ended (so backoff starts afresh); raises _ConnectionLost when it could
-        not be established, BridgeError when retrying is pointless."""
+    def _reconnect_delay(self, attempt: int, established: bool, close_code: int | None, reason: str) -> float:
+        if close_code == CloseCode.RATE_LIMITED:
+            found = re.search(r"\d+(?:\.\d+)?", reason)
+            if found:
+                return min(float(found.group()), MAX_RATE_LIMIT_DELAY) + random.uniform(0, self.backoff_initial)
+        if attempt == 0 and established:
+            # The session had been established: come back soon, but not all
+            # at once with every other client of a restarting server.
+            return random.uniform(0, self.backoff_initial)
+        return random.uniform(0, min(self.backoff_max, self.backoff_initial * 2 ** min(attempt + 1, 32)))
+
+    def _give_up(self, error: BridgeError) -> None:
+        log.error("%s: giving up: %s", self.peer, error)
+        self.failure = error
+        for pending in list(self._flushes.values()):
+            pending.fail(error)
+        self._set_state("closed")
+
+    async def _connect_once(self) -> tuple[bool, int | None, str]:
+        """One connection, until it ends. Returns (whether the session had
+        been established, the server's close code if it closed, its reason);
+        raises _GiveUp when reconnecting is pointless."""
         established = False
         try:
             async with httpx.AsyncClient() as http, aconnect_ws(
@@ -324,9 +648,9 @@ class BridgeClient:
                     m.encode(m.Hello(v=list(m.SUPPORTED_VERSIONS), peer=self.peer, token=self.token, caps=[]))
                 )
                 with anyio.fail_after(10):
-                    welcome = m.decode_server(await ws.receive_bytes())
-                if not isinstance(welcome, m.Welcome):
-                    raise ProtocolError(f"expected welcome, got {welcome!r}")
+                    welcome = await self._handshake(ws)
+                if welcome.v not in m.SUPPORTED_VERSIONS:
+                    raise _GiveUp(BridgeError(f"the server speaks protocol v{welcome.v}", code="version"))
                 established = True
                 self._ws = ws
                 self.connections += 1
@@ -335,51 +659,70 @@ class BridgeClient:
                 self._outbox = Outbox(self._outbox.max_control)
                 for doc in self.docs.values():
                     self._send_open(doc)
-                for request_id, (docs, _, _) in self._flushes.items():
-                    self._outbox.push(m.encode(m.Flush(id=request_id, docs=docs)))
-                self._set_status("online")
+                for pending in self._flushes.values():
+                    self._outbox.push(pending.frame())
+                self._set_state("online")
                 await race(lambda: self._read(ws), lambda: self._outbox.pump(ws.send_bytes, self._sync_frames))
         except Exception as raised:
             exc = first_leaf(raised)
-            if isinstance(exc, WebSocketDisconnect) and exc.code in FATAL_CLOSE_CODES:
-                raise BridgeError(f"closed_{exc.code}", exc.reason or "connection refused by server") from None
+            if isinstance(exc, _GiveUp):
+                raise exc from None
+            if isinstance(exc, WebSocketUpgradeError):
+                raise _GiveUp(ConnectionRejected(exc.response.status_code)) from None
+            if isinstance(exc, WebSocketDisconnect):
+                if exc.code in FATAL_CLOSE_CODES:
+                    raise _GiveUp(ConnectionClosed(exc.code, exc.reason)) from None
+                log.info("%s: connection closed by the server: %s %s", self.peer, exc.code, exc.reason)
+                return established, exc.code, exc.reason
             if not isinstance(exc, _TRANSIENT):
                 raise
-            log.info("%s: connection ended: %r", self.peer, exc)
+            if isinstance(exc, ProtocolError):
+                log.warning("%s: bad frame from the server: %s", self.peer, exc)
+                established = False  # no reset of the backoff for this one
+            else:
+                log.info("%s: connection ended: %r", self.peer, exc)
         finally:
-            if self.status == "online":
-                self._set_status("offline")
-        if not established:
-            raise _ConnectionLost
+            self._ws = None
+        return established, None, ""
+
+    async def _handshake(self, ws) -> m.Welcome:
+        while True:
+            message = decode_server_frame(await ws.receive_bytes())
+            if message is None:
+                continue  # a message type from the future
+            if isinstance(message, m.Welcome):
+                return message
+            if isinstance(message, m.Error):
+                self._on_error(message)
+                continue
+            raise ProtocolError(f"expected welcome, got {message!r}")
 
     def _sync_frames(self, doc_id: str) -> list[bytes]:
         doc = self.docs.get(doc_id)
         if doc is None:
             return []
-        return [m.encode(m.Sync(doc=doc_id, data=data)) for data in doc._sync.generate()]
+        return [m.encode(m.Sync(doc=doc_id, data=data)) for data in doc.outgoing_sync()]
 
     async def _read(self, ws) -> None:
         while True:
-            message = m.decode_server(await ws.receive_bytes())
-            if isinstance(message, m.Sync):
-                doc = self.docs.get(message.doc)
-                if doc is None:
-                    continue
-                try:
-                    changes = doc._sync.receive(message.data)
-                except BadSyncMessage as exc:
-                    log.error("%s: bad sync message from server for %s: %s", self.peer, message.doc, exc)
-                    changes = exc.applied
-                self._outbox.mark_dirty(message.doc)
-                doc._signal(bool(changes))
+            message = decode_server_frame(await ws.receive_bytes())
+            if message is None:
+                log.debug("%s: ignored a message of unknown type from the server", self.peer)
+            elif isinstance(message, m.Sync):
+                if (doc := self.docs.get(message.doc)) is not None:
+                    doc.incoming_sync(message.data)
+                    self._outbox.mark_dirty(message.doc)
             elif isinstance(message, m.Saved):
                 if (doc := self.docs.get(message.doc)) is not None:
-                    doc.server_durable_heads = message.heads
-                    doc._signal(False)
+                    doc.saved(message.heads)
+                    self._update_status()
             elif isinstance(message, m.Flushed):
                 if (pending := self._flushes.get(message.id)) is not None:
-                    pending[2].append(message.docs)
-                    pending[1].set()
+                    pending.resolve(message.docs)
+                for doc_id, heads in message.docs.items():
+                    if (doc := self.docs.get(doc_id)) is not None:
+                        doc.flushed(heads)
+                self._update_status()
             elif isinstance(message, m.EphRelay):
                 try:
                     self._eph_send.send_nowait((message.doc, message.from_, message.data))
@@ -387,13 +730,12 @@ class BridgeClient:
                     pass  # presence is best effort: drop when nobody reads
             elif isinstance(message, m.Error):
                 self._on_error(message)
+            # A Welcome mid-session is ignored.
 
     def _on_error(self, message: m.Error) -> None:
         log.warning("%s: server error %s: %s (doc=%s id=%s)", self.peer, message.code, message.msg, message.doc, message.id)
-        error = BridgeError(message.code, message.msg)
+        error = DocError.of(message.code, message.msg, message.doc, message.id)
         if message.id is not None and (pending := self._flushes.get(message.id)) is not None:
-            pending[2].append(error)
-            pending[1].set()
+            pending.fail(error)
         elif message.doc is not None and (doc := self.docs.get(message.doc)) is not None:
-            doc.error = error
-            doc._signal(False)
+            doc.refused(error)
