@@ -9,12 +9,21 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 DATA   ?= data
 
-.PHONY: serve test setup web
+.PHONY: serve test setup web constraints
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every Python package to the version CI runs;
+# pyproject.toml itself declares ranges (the bridge installs into other apps).
+$(VENV)/.installed: pyproject.toml setup.py constraints.txt
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e ".[test,bench]"
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,bench]"
 	touch $@
+
+# Re-pin after changing dependencies in pyproject.toml: reinstall from the
+# ranges alone, then record what was installed.
+constraints:
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade --upgrade-strategy eager -e ".[test,bench]"
+	{ sed -n '1,3p' constraints.txt; $(VENV)/bin/pip freeze --exclude-editable | grep -v '^#'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error

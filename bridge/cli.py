@@ -1,49 +1,261 @@
-"""``automerge-bridge serve``: run the bridge under uvicorn."""
+"""`automerge-bridge serve`: run the bridge under uvicorn.
+
+Every option of ``serve`` can also come from an environment variable,
+``AUTOMERGE_BRIDGE_`` plus the flag's name in capitals (``--data-dir`` ->
+``AUTOMERGE_BRIDGE_DATA_DIR``); a flag on the command line wins. Bad input
+(a flag, a variable, a store URL, a data directory, a locked or damaged
+database) ends in one line on stderr and exit status 2, before uvicorn starts.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sqlite3
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
 
 import anyio
-import uvicorn
 
 from .config import Limits
-from .server.app import create_app
-from .storage import StoreCorrupt, StoreLocked, open_store
-from .storage.sqlite import SchemaTooNew, SQLiteStore
+
+PROG = "automerge-bridge"
+ENV_PREFIX = "AUTOMERGE_BRIDGE_"
+# Used when the package metadata is not there (running from a bare checkout).
+FALLBACK_VERSION = "0.1.0"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+DESCRIPTION = (
+    "A sync server for Automerge documents. It stores every accepted change in "
+    "SQLite (fsync'd) before acknowledging it, relays it to the other peers of the "
+    "document, and serves the demo page and the browser client at /."
+)
+SERVE_DESCRIPTION = (
+    "Run the bridge: WebSocket sync at /sync, GET /healthz, HTTP routes under /docs/, "
+    "the demo page at / and the browser client at /client.js."
+)
+ENV_EPILOG = (
+    f"Every option can also be set with an environment variable: {ENV_PREFIX} plus the "
+    f"option's name in capitals, dashes as underscores (--port: {ENV_PREFIX}PORT, "
+    f"--data-dir: {ENV_PREFIX}DATA_DIR). An option given on the command line wins over "
+    "its variable. Invalid input exits with status 2 and one line on stderr."
+)
+EPILOG = (
+    f"Example: {PROG} serve --port 8080 --data-dir data, then open http://127.0.0.1:8080/. "
+    f"Run '{PROG} serve --help' for the server's options."
+)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="automerge-bridge", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the sync server")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080, help="0 picks a free port")
-    serve.add_argument("--data-dir", default="data", help="SQLite lives at DATA_DIR/bridge.sqlite3")
-    serve.add_argument("--store", default=None, help="store URL instead of --data-dir (memory:, sqlite:///path)")
-    serve.add_argument("--max-frame-bytes", type=int, default=Limits.max_frame_bytes)
-    serve.add_argument("--flush-timeout", type=float, default=Limits.flush_timeout)
-    serve.add_argument("--idle-unload-after", type=float, default=30.0, help="seconds before an unused document is unloaded")
-    serve.add_argument("--log-level", default="info")
+def version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version as dist_version
+
+        return dist_version("automerge-bridge")
+    except PackageNotFoundError:
+        return FALLBACK_VERSION
+
+
+# --- values of flags and variables -------------------------------------------------
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(text)
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
+def _log_level(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_LEVELS:
+        raise ValueError(text)
+    return value
+
+
+# argparse names the expected kind in its error message from the function's name.
+_port.__name__ = "port number (0-65535)"
+_positive_int.__name__ = "positive integer"
+_positive_float.__name__ = "positive number"
+_non_negative_float.__name__ = "number >= 0"
+_log_level.__name__ = f"log level ({', '.join(LOG_LEVELS)})"
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    convert: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.dest.upper()
+
+
+SERVE_OPTIONS = (
+    Option("--host", str, "127.0.0.1", "interface to listen on (0.0.0.0 for every interface)"),
+    Option("--port", _port, 8080, "TCP port to listen on; 0 picks a free one"),
+    Option("--data-dir", str, "data", "directory of the SQLite database (DATA_DIR/bridge.sqlite3) and its lock file"),
+    Option("--store", str, None, "store URL used instead of --data-dir: memory: or sqlite:///path/to/file", "URL"),
+    Option("--max-frame-bytes", _positive_int, Limits.max_frame_bytes,
+           "largest WebSocket frame a peer may send; a larger one closes the connection with 1009", "BYTES"),
+    Option("--flush-timeout", _positive_float, Limits.flush_timeout,
+           "seconds a flush may wait for its heads to be durable before it fails with flush_timeout", "SECONDS"),
+    Option("--idle-unload-after", _non_negative_float, 30.0,
+           "seconds after its last peer left before a document is compacted and unloaded", "SECONDS"),
+    Option("--log-level", _log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors are one line (no usage block) and exit with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except an absent one (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    parser = _Parser(
+        prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_HelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the sync server",
+        description=SERVE_DESCRIPTION,
+        epilog=ENV_EPILOG,
+        formatter_class=_HelpFormatter,
+        allow_abbrev=False,
+    )
+    for option in SERVE_OPTIONS:
+        serve.add_argument(
+            option.flag,
+            type=option.convert,
+            default=option.default,
+            metavar=option.metavar,
+            help=f"{option.help} [env: {option.env}]",
+        )
+    return parser, serve
+
+
+def _given(flag: str, argv: Sequence[str]) -> bool:
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg == flag or arg.startswith(flag + "="):
+            return True
+    return False
+
+
+def _apply_environment(args: argparse.Namespace, argv: Sequence[str], fail: Callable[[str], NoReturn]) -> None:
+    """Options not on the command line take their environment variable's value."""
+    for option in SERVE_OPTIONS:
+        raw = os.environ.get(option.env)
+        if raw is None or _given(option.flag, argv):
+            continue
+        try:
+            setattr(args, option.dest, option.convert(raw))
+        except ValueError:
+            fail(f"{option.env}={raw!r} is not a valid {option.convert.__name__} (for {option.flag})")
+
+
+def _check_data_dir(data_dir: Path, fail: Callable[[str], NoReturn]) -> None:
+    """The data directory exists (or can be made) and we may write in it."""
+    if data_dir.exists() and not data_dir.is_dir():
+        fail(f"data directory {data_dir} is not a directory")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot create data directory {data_dir}: {exc.strerror or exc}")
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        fail(f"data directory {data_dir} is not writable")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, serve = _parser()
     args = parser.parse_args(argv)
+
+    def fail(message: str) -> NoReturn:
+        serve.exit(2, f"{PROG}: error: {message}\n")
+
+    _apply_environment(args, argv, fail)
+    run_serve(args, fail)
+
+
+def run_serve(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> None:
+    # Imported here so that --help and --version stay quick.
+    import uvicorn
+
+    from .server.app import create_app
+    from .storage import StoreCorrupt, StoreLocked, open_store
+    from .storage.sqlite import SchemaTooNew, SQLiteStore
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = Limits(max_frame_bytes=args.max_frame_bytes, flush_timeout=args.flush_timeout)
-    store = open_store(args.store or f"sqlite:///{Path(args.data_dir) / 'bridge.sqlite3'}")
+    if args.store is None:
+        data_dir = Path(args.data_dir)
+        _check_data_dir(data_dir, fail)
+        url = f"sqlite:///{data_dir / 'bridge.sqlite3'}"
+    else:
+        url = args.store
+    try:
+        store = open_store(url)
+    except ValueError as exc:
+        fail(str(exc))
     if isinstance(store, SQLiteStore):
         # Open (lock, integrity check, migration) before uvicorn starts, so
         # that a data directory another bridge serves, or a damaged database,
         # ends in one clear line instead of a failed lifespan's traceback.
         # The app's lifespan finds it open and closes it at shutdown.
+        where = f"data directory {args.data_dir}" if args.store is None else f"store {args.store}"
         try:
             anyio.run(store.open)
         except StoreLocked as exc:
-            used = f"data directory {args.data_dir}" if args.store is None else f"store {exc.path}"
-            parser.exit(2, f"automerge-bridge: {used} is in use by another bridge process (lock file {exc.lock_path})\n")
+            fail(f"{where} is in use by another bridge process (lock file {exc.lock_path})")
         except (StoreCorrupt, SchemaTooNew) as exc:
-            parser.exit(2, f"automerge-bridge: {exc}\n")
+            fail(str(exc))
+        except (OSError, sqlite3.Error) as exc:
+            fail(f"cannot open {where}: {exc}")
     app = create_app(store, limits=limits, idle_unload_after=args.idle_unload_after)
     uvicorn.run(
         app,
