@@ -81,7 +81,14 @@ class Subscriber(Protocol):
 class LiveDoc:
     """One loaded document, its subscribers and what of it is durable."""
 
-    def __init__(self, doc_id: str, doc: core.Document, stored_rows: Iterable[bytes] = (), skipped: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        doc_id: str,
+        doc: core.Document,
+        stored_rows: Iterable[bytes] = (),
+        skipped: list[str] | None = None,
+        index: ChangeIndex | None = None,
+    ) -> None:
         self.doc_id = doc_id
         self.doc = doc
         self.subscribers: set[Subscriber] = set()
@@ -98,7 +105,7 @@ class LiveDoc:
         self._unsaved: dict[bytes, bytes] = {}
         # Hashes committed since load: answers most flushes without the index.
         self._committed_since_load: set[bytes] = set()
-        self._index: ChangeIndex | None = None
+        self._index: ChangeIndex | None = index
         self._durable_advanced = anyio.Event()
         self.unload_scope: anyio.CancelScope | None = None  # set while an unload is pending
         self.compacting = False
@@ -111,9 +118,9 @@ class LiveDoc:
             self._index = ChangeIndex.of(self.doc)
         return self._index
 
-    def replace(self, doc: core.Document) -> None:
+    def replace(self, doc: core.Document, index: ChangeIndex | None = None) -> None:
         self.doc = doc
-        self._index = None
+        self._index = index
 
     def guarded_sync(self, bounds: Bounds) -> DocSync:
         """A sync state for one more peer, checking its changes against this document."""
@@ -273,7 +280,7 @@ class Hub:
     def _load(self, doc_id: str, stored: StoredDoc, unsaved: list[tuple[bytes, bytes]]) -> LiveDoc:
         rows = stored.changes + unsaved
         try:
-            result = load_stored(stored.snapshots, [data for _, data in rows], self.bounds)
+            result = load_stored(stored.snapshots, [data for _, data in rows], self.bounds, [h for h, _ in rows])
         except Unloadable as exc:
             self.unavailable[doc_id] = str(exc)
             log.error("document %s: stored state does not load, refusing to serve it: %s", doc_id, exc)
@@ -284,7 +291,9 @@ class Hub:
                 "document %s loaded DEGRADED, %d stored records left out (kept in the store, never compacted): %s",
                 doc_id, len(result.skipped), "; ".join(result.skipped[:5]),
             )
-        return LiveDoc(doc_id, result.doc, (h for h, _ in stored.changes), result.skipped)
+        # Only rows the document holds may be retired by its next snapshot.
+        held = [h for h, _ in stored.changes if result.index is None or h in result.index.hashes]
+        return LiveDoc(doc_id, result.doc, held, result.skipped, result.index)
 
     def _schedule_unload(self, live: LiveDoc) -> None:
         if self._tg is None or live.unload_scope is not None:
@@ -436,7 +445,7 @@ class Hub:
         try:
             stored = await self.store.load(live.doc_id) or StoredDoc()
             fresh = self._load(live.doc_id, stored, live.unsaved_rows())
-            live.replace(fresh.doc)
+            live.replace(fresh.doc, fresh.index)
             live.skipped = fresh.skipped
             for subscriber in list(live.subscribers):
                 subscriber.doc_reloaded(live.doc_id)

@@ -11,9 +11,11 @@ what the document already holds, *before* the core sees it:
   otherwise it waits in the peer's bounded queue until they arrive, so the
   core only ever applies changes whose whole context it has;
 - ``seq`` is exactly one more than the actor's last change in the document;
-- ``start_op`` is above the highest op of every dependency (and so of the
-  actor's own last change) and at most one above the document's highest op:
-  an honest change starts right after the ops it has seen;
+- ``start_op`` is above the highest op of every dependency and at most one
+  above the document's highest op: an honest change starts right after the
+  ops it has seen; and its dependencies reach at least as far as its actor's
+  previous change (ops only grow along dependencies, so a change that drops
+  its dependencies shows up here);
 - the timestamp is one every implementation can represent (Python's
   ``datetime`` range, well inside ``i64`` so the core's delta columns cannot
   overflow).
@@ -63,6 +65,11 @@ class ChangeIndex:
         for change in changes:
             self.add(change.hash, change.actor_id, change.seq, change.max_op)
 
+    def copy(self) -> "ChangeIndex":
+        other = ChangeIndex()
+        other.hashes, other.actors, other.max_op = dict(self.hashes), dict(self.actors), self.max_op
+        return other
+
     def contains_all(self, hashes: Iterable[bytes]) -> bool:
         return all(h in self.hashes for h in hashes)
 
@@ -104,6 +111,10 @@ def problem(change: Change, view: _View) -> str | None:
     deps_op = max((view.max_op_of(dep) for dep in change.deps), default=0)
     if change.start_op <= deps_op:
         return f"start_op {change.start_op} is not above its dependencies' ops (up to {deps_op})"
+    if deps_op < last_op:
+        # An honest change has its actor's previous change among its
+        # ancestors, and ops only grow along dependencies.
+        return "its dependencies do not include its actor's previous change"
     if change.start_op > view.max_op + 1:
         return f"start_op {change.start_op} skips past the document's ops (up to {view.max_op})"
     if change.max_op >= MAX_OP:
@@ -120,12 +131,15 @@ class Plan:
     waiting: list[Change] = field(default_factory=list)  # deps still missing
 
 
-def plan(index: ChangeIndex, incoming: Iterable[Change], waiting: Iterable[Change] = ()) -> Plan:
+def plan(
+    index: ChangeIndex, incoming: Iterable[Change], waiting: Iterable[Change] = (), refused: set[bytes] | None = None
+) -> Plan:
     """Sort ``incoming`` (plus changes still ``waiting`` from earlier) into
-    what may be applied now, what is refused, and what still waits."""
+    what may be applied now, what is refused, and what still waits.
+    ``refused``: hashes already refused, whose descendants are refused too."""
     view = _View(index)
     result = Plan()
-    refused: set[bytes] = set()
+    refused = set(refused or ())
     pending: dict[bytes, Change] = {}
     for change in (*waiting, *incoming):
         if not view.has(change.hash):

@@ -17,6 +17,11 @@ To run longer::
 
     FUZZ_EXAMPLES=100000 .venv/bin/python -m pytest tests/fuzz -s
 
+The sibling modules reuse these strategies: ``test_fuzz_server.py`` sends
+them (and hostile protocol frames) to a real server process, and
+``test_fuzz_storage.py`` fuzzes stored snapshots and change rows; see
+tests/fuzz/README.md.
+
 Op-column mutations can still reach core panics the guard cannot see (it
 counts and checks the encoding of op columns but does not interpret ops):
 those are the ``core-failure`` modes of docs/core-failure-modes.md, and the
