@@ -28,14 +28,31 @@ from starlette.websockets import WebSocket
 
 from ..core.chunks import Bounds
 from ..config import Limits
-from .ws import Authenticate, PeerConnection
+from ..auth import Authenticate
+from .peer import PeerSession
+from .ws import SocketPump
 from .http import doc_routes, error
 from ..hub import Hub
 from ..storage import Store, open_store
 
 log = logging.getLogger(__name__)
 
-WEB_DIST = Path(__file__).resolve().parents[2] / "web" / "dist"
+
+def _find_web_dist() -> Path:
+    """Where the demo page and the browser client are.
+
+    In a checkout (``pip install -e .``) that is the checkout's web/dist, what
+    ``npm run build`` writes; an installed wheel carries them as package data
+    in ``bridge/web/`` (put there by the build hook in setup.py).
+    """
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parent
+    if (checkout / "web" / "build.mjs").is_file() and (checkout / "pyproject.toml").is_file():
+        return checkout / "web" / "dist"
+    return package / "web"
+
+
+WEB_DIST = _find_web_dist()
 
 
 def create_app(
@@ -90,10 +107,10 @@ def create_app(
             await store.close()
 
     async def sync_endpoint(websocket: WebSocket) -> None:
-        connection = PeerConnection(
-            websocket, app.state.hub, server_peer=server_peer, limits=limits, authenticate=authenticate
-        )
-        await connection.serve()
+        hub: Hub = app.state.hub
+        session = PeerSession(hub, server_peer=server_peer, limits=limits)
+        pump = SocketPump(websocket, session, hub, max_frame_bytes=limits.max_frame_bytes, authenticate=authenticate)
+        await pump.serve()
 
     async def healthz(request: Request) -> Response:
         hub: Hub = app.state.hub

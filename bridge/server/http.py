@@ -14,12 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..auth import Authenticate, AuthRequest, Principal, authenticate as run_authenticate, bearer_token
 from ..config import Limits
-from .ws import Authenticate
 from ..hub import DocNotFound, DocUnavailable, Hub
 from ..errors import FlushTimeout
 from ..local import open_local
-from ..protocol.native import PROTOCOL_VERSION, Hello, valid_doc_id
+from ..protocol.native import valid_doc_id
 from ..values import heads_hex, to_json
 
 Handler = Callable[[Request, str, Hub], Awaitable[Response]]
@@ -30,22 +30,19 @@ def error(status: int, code: str, message: str) -> JSONResponse:
 
 
 def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authenticate | None) -> list[Route]:
-    async def authorized(request: Request) -> bool:
-        """The same ``authenticate`` as WebSocket peers; the token comes as
-        ``?token=`` (what a beacon can carry) or a Bearer header."""
-        if authenticate is None:
-            return True
-        token = request.query_params.get("token")
-        header = request.headers.get("authorization", "")
-        if token is None and header.lower().startswith("bearer "):
-            token = header[7:]
-        verdict = authenticate(Hello(v=[PROTOCOL_VERSION], peer="http", token=token))
-        return verdict if isinstance(verdict, bool) else await verdict
+    async def principal_of(request: Request) -> Principal | None:
+        """The same ``authenticate`` hook as WebSocket peers, with ``peer``
+        "http"; the token comes as ``?token=`` (what a beacon can carry) or a
+        Bearer header. None: refused."""
+        request_ = AuthRequest.from_connection(request, peer="http", token=bearer_token(request), transport="http")
+        return await run_authenticate(authenticate, request_)
 
     def doc_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            if not await authorized(request):
+            principal = await principal_of(request)
+            if principal is None:
                 return error(401, "unauthorized", "missing or bad token")
+            request.state.principal = principal  # scopes (may_read/may_write) are enforced later
             doc_id = request.path_params["doc_id"]
             if not valid_doc_id(doc_id):
                 return error(400, "bad_doc_id", "document ids are 1-256 chars of [A-Za-z0-9._:~-]")

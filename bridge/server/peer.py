@@ -1,0 +1,552 @@
+"""One peer of the bridge, sans-IO: the protocol without the socket.
+
+:class:`PeerSession` is what h11's ``Connection`` is to HTTP: it never awaits
+and never touches a socket. The pump (:mod:`bridge.server.ws`) feeds it
+*events* through one method, :meth:`PeerSession.handle`, and performs the
+*effects* it returns::
+
+    effects = session.handle(FrameReceived(data))
+
+Events (what happened)             Effects (what to do)
+---------------------------------  -------------------------------------------
+Connected()                        StartTimer(name, seconds) / CancelTimer(name)
+FrameReceived(data)                Send(frame): write now, ahead of the outbox
+TimerFired(name)                   Close(code, reason): close the connection
+Authenticated(principal | None)    Authenticate(hello): run the auth hook,
+DocOpened(doc_id, live)              answer Authenticated
+DocOpenFailed(doc_id, error)       Subscribe(doc_id): await hub.subscribe(doc_id,
+FlushDurable(wait)                   session), answer DocOpened / DocOpenFailed
+FlushTimedOut(wait)                WaitDurable(id, docs, heads, timeout): wait
+RecoveryFinished(wait)               (bounded) until the heads are durable, answer
+OutboxOverflowed()                   FlushDurable / FlushTimedOut
+Poll()                             WaitForRecovery(doc_id, done, retry): wait for
+Disconnected()                       a document's reload, answer RecoveryFinished
+
+``Authenticate``, ``Subscribe`` and ``WaitForRecovery`` *gate* the frame
+order: the session answers nothing else until their result comes back (a
+frame fed meanwhile is held and replayed afterwards), so the pump reads the
+next frame only after feeding the result. ``WaitDurable`` runs beside
+everything else: a flush never holds up the frames behind it.
+
+Everything else the session sends goes into its :class:`~bridge.core.outbox.Outbox`
+(``session.outbox``), drained by the pump's writer: control frames in order,
+the latest ``saved`` per document, and sync messages pulled from
+:meth:`PeerSession.sync_frames` when the socket can take one. A peer that lets
+``max_outbox`` control frames pile up is closed with 4409.
+
+The session is also the :class:`~bridge.hub.Subscriber` the hub calls:
+``doc_changed``, ``doc_saved``, ``doc_reloaded`` and ``ephemeral`` stay
+synchronous and only touch the outbox — except that the coalesced ``saved``
+for other peers' commits needs a timer: such effects are queued, the pump is
+asked to ``Poll()`` (through ``session.wakeup``), and every ``handle`` returns
+them. Synchronous hub calls (``accept``, ``unsubscribe``, ``relay_ephemeral``,
+``damaged``) are made directly: they never wait.
+
+A fatal protocol violation becomes ``Close(code, reason)``; an exception that
+escapes ``handle`` is a bug of the bridge, and the pump closes with 1011.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Mapping, Union
+
+from ..auth import Principal
+from ..config import Limits
+from ..core.binding import CoreFailure
+from ..core.outbox import Outbox
+from ..core.sync import BadSyncMessage, DocSync
+from ..errors import CloseCode, ErrorCode, ProtocolError
+from ..hub import DocNotFound, DocUnavailable, Hub, LiveDoc
+from ..protocol import native as m
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE = "handshake"  # timer: no hello in time
+SAVED = "saved"  # timer: send the coalesced `saved` heads of others' commits
+
+BAD_DOC_ID_TEXT = "document ids are 1-256 chars of [A-Za-z0-9._:~-]"
+
+
+# --- events -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The socket was accepted."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameReceived:
+    """One binary frame, already checked for size by the pump."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """The auth hook's verdict: None refuses (4401)."""
+
+    principal: Principal | None
+
+
+@dataclass(frozen=True, slots=True)
+class DocOpened:
+    doc_id: str
+    live: LiveDoc
+
+
+@dataclass(frozen=True, slots=True)
+class DocOpenFailed:
+    doc_id: str
+    error: BaseException  # DocNotFound or DocUnavailable; anything else is a bug
+
+
+@dataclass(frozen=True, slots=True)
+class FlushDurable:
+    wait: "WaitDurable"
+
+
+@dataclass(frozen=True, slots=True)
+class FlushTimedOut:
+    wait: "WaitDurable"
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryFinished:
+    wait: "WaitForRecovery"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxOverflowed:
+    """The writer found the outbox overflowed (by a hub callback)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """The session asked for attention (``wakeup``): collect queued effects."""
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The connection is over (either side): let go of every document."""
+
+
+Event = Union[
+    Connected, FrameReceived, TimerFired, Authenticated, DocOpened, DocOpenFailed,
+    FlushDurable, FlushTimedOut, RecoveryFinished, OutboxOverflowed, Poll, Disconnected,
+]
+
+
+# --- effects ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write ``frame`` now, ahead of anything in the outbox (the welcome)."""
+
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    """Feed ``TimerFired(name)`` after ``seconds`` (restarts a running one)."""
+
+    name: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """Gating: run the auth hook on ``hello`` (plus the upgrade request), feed ``Authenticated``."""
+
+    hello: m.Hello
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Gating: ``await hub.subscribe(doc_id, session)``, feed ``DocOpened``
+    (or ``DocOpenFailed`` for DocNotFound / DocUnavailable)."""
+
+    doc_id: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WaitDurable:
+    """Beside the rest: wait, at most ``timeout`` seconds, until each
+    ``docs[d].wait_durable(heads[d])`` returns; feed ``FlushDurable(self)``,
+    or ``FlushTimedOut(self)`` when time runs out.
+
+    ``docs`` are the documents captured when the flush was read: a document
+    closed since still gets a correct answer, because durability belongs to
+    the document, not to this connection's subscription."""
+
+    request_id: int
+    docs: Mapping[str, LiveDoc]
+    heads: Mapping[str, list[bytes]]
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WaitForRecovery:
+    """Gating: wait until ``done`` is set (the document's reload finished),
+    feed ``RecoveryFinished(self)``. ``retry`` is a sync message that arrived
+    during the reload: it is applied to the fresh copy then, never dropped."""
+
+    doc_id: str
+    done: object  # an anyio.Event: has ``async wait()``
+    retry: m.Sync | None = None
+
+
+Effect = Union[Send, Close, StartTimer, CancelTimer, Authenticate, Subscribe, WaitDurable, WaitForRecovery]
+
+GATING = (Authenticate, Subscribe, WaitForRecovery)
+
+
+# --- the session --------------------------------------------------------------
+
+
+class PeerSession:
+    """Protocol v1 for one peer: handshake, documents, flushes, the outbox."""
+
+    AWAITING_HELLO, AUTHENTICATING, OPEN, CLOSED = "awaiting_hello", "authenticating", "open", "closed"
+
+    def __init__(self, hub: Hub, *, server_peer: str, limits: Limits, session_id: str | None = None) -> None:
+        self.hub = hub
+        self.server_peer = server_peer
+        self.limits = limits
+        self.session_id = session_id or secrets.token_hex(8)
+        self.peer = "?"  # the hello's peer name: used in logs and `eph` relays
+        self.principal: Principal | None = None
+        self.state = self.AWAITING_HELLO
+        self.outbox = Outbox(limits.max_outbox)
+        # The pump sets this: called (synchronously, from any task) when
+        # effects are queued outside `handle`; it answers with `Poll()`.
+        self.wakeup: Callable[[], None] = lambda: None
+        self._docs: dict[str, tuple[LiveDoc, DocSync]] = {}
+        self._hello: m.Hello | None = None
+        self._gate: Effect | None = None  # the gating effect whose answer we wait for
+        self._held: deque[bytes] = deque()  # frames fed while gated
+        self._deferred: list[Effect] = []  # effects raised by hub callbacks
+        self._lazy_saved: dict[str, list[bytes]] = {}
+        self._saved_timer = False
+        self._closed_with: Close | None = None
+
+    # --- the one decision point --------------------------------------------------
+
+    def handle(self, event: Event) -> list[Effect]:
+        """Apply one event; return what the pump must do, in order."""
+        effects: list[Effect] = []
+        if self.state == self.CLOSED:
+            if isinstance(event, DocOpened):  # subscribed while we closed: let go
+                self.hub.unsubscribe(event.doc_id, self)
+            return effects
+        try:
+            self._dispatch(event, effects)
+            # Frames that arrived while a gating effect was out, in order.
+            while self._gate is None and self._held and self.state != self.CLOSED:
+                self._on_frame(self._held.popleft(), effects)
+        except ProtocolError as exc:
+            self._close(exc.close_code, str(exc), effects)
+        if self.state != self.CLOSED and self.outbox.overflowed:
+            self._close(CloseCode.TOO_SLOW, "too slow to keep up; reconnect and resync", effects)
+        if self.state == self.CLOSED:
+            self._deferred.clear()
+        else:
+            effects.extend(self._deferred)
+            self._deferred.clear()
+        return effects
+
+    def _dispatch(self, event: Event, effects: list[Effect]) -> None:
+        if isinstance(event, FrameReceived):
+            if self._gate is not None:
+                self._held.append(event.data)
+            else:
+                self._on_frame(event.data, effects)
+        elif isinstance(event, TimerFired):
+            self._on_timer(event.name, effects)
+        elif isinstance(event, Authenticated):
+            self._on_authenticated(event.principal, effects)
+        elif isinstance(event, DocOpened):
+            self._ungate(event.doc_id, Subscribe)
+            self._on_doc_opened(event.doc_id, event.live)
+        elif isinstance(event, DocOpenFailed):
+            self._ungate(event.doc_id, Subscribe)
+            if isinstance(event.error, DocNotFound):
+                self._error(ErrorCode.NOT_FOUND, "no such document", event.doc_id)
+            elif isinstance(event.error, DocUnavailable):
+                self._error(ErrorCode.UNAVAILABLE, "the document's stored state cannot be loaded; an operator has been told", event.doc_id)
+            else:
+                raise event.error
+        elif isinstance(event, FlushDurable):
+            wait = event.wait
+            durable = {doc_id: live.durable_heads for doc_id, live in wait.docs.items()}
+            self._send(m.Flushed(id=wait.request_id, docs=durable))
+        elif isinstance(event, FlushTimedOut):
+            self._error(ErrorCode.FLUSH_TIMEOUT, f"not durable within {event.wait.timeout}s", None, event.wait.request_id)
+        elif isinstance(event, RecoveryFinished):
+            if self._gate is not event.wait:
+                raise RuntimeError(f"RecoveryFinished for {event.wait.doc_id} without its WaitForRecovery")
+            self._gate = None
+            retry = event.wait.retry
+            if retry is not None and retry.doc in self._docs:
+                self._on_sync(retry, effects)
+        elif isinstance(event, OutboxOverflowed):
+            self._close(CloseCode.TOO_SLOW, "too slow to keep up; reconnect and resync", effects)
+        elif isinstance(event, Connected):
+            effects.append(StartTimer(HANDSHAKE, self.limits.handshake_timeout))
+        elif isinstance(event, Disconnected):
+            self._release()
+            self.state = self.CLOSED
+        elif isinstance(event, Poll):
+            pass  # queued effects are returned by handle()
+        else:
+            raise TypeError(f"not a PeerSession event: {event!r}")
+
+    def _ungate(self, doc_id: str, kind: type) -> None:
+        gate = self._gate
+        if not isinstance(gate, kind) or getattr(gate, "doc_id", None) != doc_id:
+            raise RuntimeError(f"{kind.__name__} answer for {doc_id} that was not asked for (waiting for {gate!r})")
+        self._gate = None
+
+    def _gated(self, effect: Effect, effects: list[Effect]) -> None:
+        self._gate = effect
+        effects.append(effect)
+
+    def _close(self, code: int, reason: str, effects: list[Effect]) -> None:
+        if self.state == self.CLOSED:
+            return
+        close = Close(code, reason[:120])
+        self._closed_with = close
+        self.state = self.CLOSED
+        self._gate = None
+        self._held.clear()
+        self._release()
+        effects.append(close)
+
+    @property
+    def closed_with(self) -> Close | None:
+        """The Close the session decided on, if any."""
+        return self._closed_with
+
+    # --- handshake ------------------------------------------------------------------
+
+    def _on_timer(self, name: str, effects: list[Effect]) -> None:
+        if name == HANDSHAKE:
+            if self.state == self.AWAITING_HELLO:
+                self._close(CloseCode.HANDSHAKE_TIMEOUT, "no hello in time", effects)
+        elif name == SAVED:
+            self._saved_timer = False
+            pending, self._lazy_saved = self._lazy_saved, {}
+            for doc_id, heads in pending.items():
+                if doc_id in self._docs:
+                    self.outbox.push_latest(("saved", doc_id), m.encode(m.Saved(doc=doc_id, heads=heads)))
+
+    def _on_hello(self, message: m.ClientMessage, effects: list[Effect]) -> None:
+        if not isinstance(message, m.Hello):
+            raise ProtocolError(f"first frame must be hello, got {type(message).__name__.lower()}")
+        if m.PROTOCOL_VERSION not in message.v:
+            raise ProtocolError(f"no common protocol version: server speaks {list(m.SUPPORTED_VERSIONS)}")
+        self._hello = message
+        self.state = self.AUTHENTICATING
+        effects.append(CancelTimer(HANDSHAKE))
+        self._gated(Authenticate(message), effects)
+
+    def _on_authenticated(self, principal: Principal | None, effects: list[Effect]) -> None:
+        if self.state != self.AUTHENTICATING or not isinstance(self._gate, Authenticate):
+            raise RuntimeError("Authenticated without an Authenticate to answer")
+        self._gate = None
+        if principal is None:
+            self._close(CloseCode.UNAUTHORIZED, "unauthorized", effects)
+            return
+        assert self._hello is not None
+        self.principal = principal
+        self.peer = self._hello.peer
+        self.state = self.OPEN
+        limits = {"max_frame_bytes": self.limits.max_frame_bytes, "max_docs": self.limits.max_docs_per_connection}
+        welcome = m.Welcome(v=m.PROTOCOL_VERSION, peer=self.server_peer, session=self.session_id, caps=[], limits=limits)
+        effects.append(Send(m.encode(welcome)))
+
+    # --- frames -----------------------------------------------------------------------
+
+    def _on_frame(self, data: bytes, effects: list[Effect]) -> None:
+        message = m.decode_client(data)
+        if self.state == self.AWAITING_HELLO:
+            self._on_hello(message, effects)
+        elif isinstance(message, m.Sync):
+            self._on_sync(message, effects)
+        elif isinstance(message, m.Open):
+            self._on_open(message.doc, effects)
+        elif isinstance(message, m.Flush):
+            self._on_flush(message, effects)
+        elif isinstance(message, m.Eph):
+            if self._opened(message.doc):
+                live, _ = self._docs[message.doc]
+                self.hub.relay_ephemeral(live, self, message.data)
+        elif isinstance(message, m.Close):
+            self._forget(message.doc)
+        elif isinstance(message, m.Bye):
+            self._close(CloseCode.NORMAL, "bye", effects)
+        else:  # a second hello
+            raise ProtocolError("hello after the handshake")
+
+    def _opened(self, doc_id: str, request_id: int | None = None) -> bool:
+        if doc_id in self._docs:
+            return True
+        if not m.valid_doc_id(doc_id):
+            self._error(ErrorCode.BAD_DOC_ID, BAD_DOC_ID_TEXT, doc_id, request_id)
+        else:
+            self._error(ErrorCode.NOT_OPEN, "open the document first", doc_id, request_id)
+        return False
+
+    def _on_open(self, doc_id: str, effects: list[Effect]) -> None:
+        if not m.valid_doc_id(doc_id):
+            self._error(ErrorCode.BAD_DOC_ID, BAD_DOC_ID_TEXT, doc_id)
+        elif doc_id in self._docs:  # re-open: the peer starts over
+            self._docs[doc_id][1].reset()
+            self._opened_now(doc_id)
+        elif len(self._docs) >= self.limits.max_docs_per_connection:
+            self._error(ErrorCode.TOO_MANY_DOCS, f"at most {self.limits.max_docs_per_connection} open documents", doc_id)
+        else:
+            self._gated(Subscribe(doc_id), effects)
+
+    def _on_doc_opened(self, doc_id: str, live: LiveDoc) -> None:
+        self._docs[doc_id] = (live, live.guarded_sync(self.hub.bounds))
+        self._opened_now(doc_id)
+
+    def _opened_now(self, doc_id: str) -> None:
+        self.doc_changed(doc_id)
+        # Tell the peer what is durable already: a client waits for its
+        # document to include these heads before it calls the open complete.
+        self.doc_saved(doc_id, self._docs[doc_id][0].durable_heads, own=True)
+
+    def _on_sync(self, message: m.Sync, effects: list[Effect]) -> None:
+        if not self._opened(message.doc):
+            return
+        live, sync = self._docs[message.doc]
+        if live.recovering is not None:
+            # Apply nothing to a copy being replaced, and drop nothing either:
+            # the message waits for the reload, then goes to the fresh copy.
+            self._gated(WaitForRecovery(message.doc, live.recovering, retry=message), effects)
+            return
+        try:
+            changes = sync.receive(message.data)
+        except BadSyncMessage as exc:
+            log.warning("peer %s doc %s: %s", self.peer, message.doc, exc)
+            self._error(ErrorCode.BAD_SYNC, str(exc), message.doc)
+            self.hub.accept(live, exc.applied, self)
+            self.doc_changed(message.doc)
+            return
+        except CoreFailure as exc:
+            # The core failed half-way: what it applied is not trusted. The
+            # document goes back to its durable (plus accepted) state and
+            # every peer resyncs; this peer hears that its message was bad,
+            # and its next frames wait for the reload.
+            log.warning("peer %s doc %s: the core failed on its message: %s", self.peer, message.doc, exc)
+            self._error(ErrorCode.BAD_SYNC, "the sync message could not be applied", message.doc)
+            self.hub.damaged(live, exc)
+            if live.recovering is not None:
+                self._gated(WaitForRecovery(message.doc, live.recovering), effects)
+            return
+        self.hub.accept(live, changes, self)
+        self.doc_changed(message.doc)  # answer even when nothing was new
+
+    def _on_flush(self, message: m.Flush, effects: list[Effect]) -> None:
+        for doc_id in message.docs:
+            if not self._opened(doc_id, message.id):
+                return
+        # The documents as they are now, while the flush is read: the answer
+        # comes later, and the peer may `close` one of them meanwhile.
+        docs = {doc_id: self._docs[doc_id][0] for doc_id in message.docs}
+        effects.append(WaitDurable(message.id, docs, dict(message.docs), self.limits.flush_timeout))
+
+    def _forget(self, doc_id: str) -> None:
+        if self._docs.pop(doc_id, None) is not None:
+            self.hub.unsubscribe(doc_id, self)
+        self._lazy_saved.pop(doc_id, None)
+        self.outbox.forget(doc_id)
+
+    def _release(self) -> None:
+        for doc_id in list(self._docs):
+            self._forget(doc_id)
+
+    @property
+    def open_docs(self) -> list[str]:
+        return list(self._docs)
+
+    # --- the outbox --------------------------------------------------------------------
+
+    def _send(self, message: m.ServerMessage) -> None:
+        self.outbox.push(m.encode(message))
+
+    def _error(self, code: str, text: str, doc: str | None = None, request_id: int | None = None) -> None:
+        log.info("peer %s: error %s (%s) doc=%s id=%s", self.peer, code, text, doc, request_id)
+        self._send(m.Error(code=code, msg=text, doc=doc, id=request_id))
+
+    def sync_frames(self, doc_id: str) -> list[bytes]:
+        """The pull side of the outbox: this peer's sync messages for a dirty
+        document, generated when the socket can take them."""
+        if doc_id not in self._docs:
+            return []
+        live, sync = self._docs[doc_id]
+        if live.recovering is not None:
+            return []  # doc_reloaded marks it dirty again
+        try:
+            return [m.encode(m.Sync(doc=doc_id, data=data)) for data in sync.generate()]
+        except CoreFailure as exc:
+            # What this peer told us (its have/need) made the core fail:
+            # forget it and start this peer's sync over.
+            log.warning("peer %s doc %s: generating a sync message failed: %s", self.peer, doc_id, exc)
+            sync.reset()
+            self._error(ErrorCode.BAD_SYNC, "your sync state could not be served; starting over", doc_id)
+            self.hub.damaged(live, exc)
+            return []
+
+    # --- Subscriber (called by the hub; synchronous) ------------------------------------
+
+    def doc_changed(self, doc_id: str, origin: object = None) -> None:
+        # A peer answers its own sync messages too: origin does not matter here.
+        self.outbox.mark_dirty(doc_id)
+
+    def doc_reloaded(self, doc_id: str) -> None:
+        if doc_id in self._docs:
+            live, sync = self._docs[doc_id]
+            sync.rebind(live.doc)
+            self.outbox.mark_dirty(doc_id)
+
+    def doc_saved(self, doc_id: str, heads: list[bytes], own: bool) -> None:
+        # The peer whose changes just became durable hears it at once: that is
+        # its acknowledgement. Everyone else learns the new durable heads at
+        # most every `saved_interval`: on a hot document a `saved` per commit
+        # per peer was half of all frames sent (bench/README.md, profile).
+        if own:
+            self._lazy_saved.pop(doc_id, None)
+            self.outbox.push_latest(("saved", doc_id), m.encode(m.Saved(doc=doc_id, heads=heads)))
+            return
+        self._lazy_saved[doc_id] = heads
+        if not self._saved_timer:
+            self._saved_timer = True
+            self._deferred.append(StartTimer(SAVED, self.limits.saved_interval))
+            self.wakeup()
+
+    def ephemeral(self, doc_id: str, sender: str, data: bytes) -> None:
+        self._send(m.EphRelay(doc=doc_id, from_=sender, data=data))
