@@ -32,13 +32,7 @@ from bridge.testing import serve_in_thread
 
 from .waiting import eventually
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request):
-    """The client must hold on both anyio backends."""
-    return request.param
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]  # the client must hold on asyncio and trio
 
 
 def encode(frame: dict) -> bytes:

@@ -7,7 +7,7 @@ import pytest
 
 from bridge.core.outbox import Outbox, OutboxOverflow
 
-pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])]
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 
 class Drained(Exception):

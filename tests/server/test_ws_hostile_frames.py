@@ -24,12 +24,12 @@ from bridge import Limits, create_app
 from bridge.protocol import native as m
 from bridge.testing import serve_in_thread
 
-from .rawpeer import RawPeer
+from ..rawpeer import RawPeer
 
 pytestmark = pytest.mark.anyio
 
 _enc = msgspec.msgpack.encode
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BAD_UTF8 = b"\xa2\xff\xfe"  # a 2-byte MessagePack str that is not UTF-8
 
 

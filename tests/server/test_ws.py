@@ -10,14 +10,9 @@ from automerge import core
 from bridge import Limits, create_app
 from bridge.testing import serve_in_thread
 
-from .rawpeer import RawPeer
+from ..rawpeer import RawPeer
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
 
 
 @pytest.fixture(scope="module")
