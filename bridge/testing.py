@@ -30,6 +30,8 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 
+from .errors import FlushTimeout
+
 
 @dataclass
 class RunningBridge:
@@ -144,7 +146,7 @@ def wait_until_durable(bridge: RunningBridge, doc_id: str, heads: list[bytes] | 
             if answer["durable"]:
                 return answer["heads"]
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{doc_id}: {wanted} not durable after {timeout}s (durable: {answer['heads']})")
+                raise FlushTimeout(f"{doc_id}: {wanted} not durable after {timeout}s (durable: {answer['heads']})", doc=doc_id)
             time.sleep(0.02)
 
 

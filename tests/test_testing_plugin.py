@@ -4,6 +4,8 @@ import anyio
 import httpx
 import pytest
 
+from bridge.errors import FlushTimeout
+
 from bridge.client import BridgeClient
 
 
@@ -21,5 +23,6 @@ def test_wait_durable_returns_once_heads_are_on_disk(bridge_server, wait_durable
 
 
 def test_wait_durable_times_out_on_heads_that_never_come(bridge_server, wait_durable):
-    with pytest.raises(TimeoutError):
+    with pytest.raises(FlushTimeout) as info:  # the same type as every other flush path; a TimeoutError too
         wait_durable(bridge_server, "nothing-here", [b"\x01" * 32], timeout=0.3)
+    assert isinstance(info.value, TimeoutError) and info.value.code == "flush_timeout"

@@ -120,8 +120,14 @@ def create_app(
         # but must not take the whole node out of a load balancer.
         return JSONResponse(body, status_code=503 if health["status"] == "failing" else 200)
 
+    async def sync_over_http(request: Request) -> Response:
+        # A plain GET on the socket's URL (a browser probing why its socket
+        # failed) learns that the path is right and an upgrade is needed.
+        return error(426, "upgrade_required", "this is the WebSocket endpoint: connect with a WebSocket")
+
     routes = [
         WebSocketRoute("/sync", sync_endpoint),
+        Route("/sync", sync_over_http),
         Route("/healthz", healthz),
         *doc_routes(lambda: app.state.hub, limits, authenticate),
     ]

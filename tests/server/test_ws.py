@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import httpx
 import msgspec
 import pytest
 from automerge import core
@@ -166,3 +167,8 @@ async def test_bad_token_is_refused_with_4401(tmp_path):
         await peer.send({"t": "hello", "v": [1], "peer": "p", "token": "sesame"})
         assert (await peer.recv())["t"] == "welcome"
         await peer.close()
+
+
+def test_a_plain_get_on_the_socket_path_says_upgrade_required(server):
+    answer = httpx.get(f"{server.http_url}/sync")
+    assert answer.status_code == 426 and answer.json()["error"] == "upgrade_required"
