@@ -112,13 +112,18 @@ def serve_in_subprocess(data_dir: str | Path, *, port: int | None = None, extra_
         wait_healthy(bridge)
         yield bridge
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM (graceful: the bridge drains its commits), SIGKILL after 20 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def wait_healthy(bridge: RunningBridge, timeout: float = 30.0) -> None:

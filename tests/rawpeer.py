@@ -67,3 +67,11 @@ class RawPeer:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+def text_doc(text: str) -> core.Document:
+    doc = core.Document()
+    with doc.transaction() as tx:
+        obj = tx.put_object(core.ROOT, "text", core.ObjType.Text)
+        tx.splice_text(obj, 0, 0, text)
+    return doc

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bridge.testing import RunningBridge, free_port, wait_healthy
+from bridge.testing import RunningBridge, free_port, stop_process, wait_healthy
 
 ENV_PREFIX = "AUTOMERGE_BRIDGE_"
 
@@ -39,14 +39,6 @@ def start_cli(*args: str, cwd: Path, **env: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "bridge.cli", *args], cwd=cwd, env=_env(**env))
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.parametrize("args", [["--help"], ["serve", "--help"]], ids=["main", "serve"])
@@ -88,7 +80,7 @@ def test_environment_variables_configure_serve(tmp_path):
         assert (data_dir / "bridge.sqlite3").is_file()
         assert not (tmp_path / "data").exists()  # the default was not used
     finally:
-        stop(process)
+        stop_process(process)
     assert process.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
 
 
@@ -104,7 +96,7 @@ def test_flags_win_over_environment_variables(tmp_path):
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["status"] == "ok"
         assert not (tmp_path / "data").exists()  # memory: store, no data directory
     finally:
-        stop(process)
+        stop_process(process)
 
 
 def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], dict[str, str], str]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -24,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bridge.testing import RunningBridge, free_port, wait_healthy
+from bridge.testing import RunningBridge, free_port, stop_process, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -127,12 +126,7 @@ def test_installed_bridge_serves_web_files(venv, tmp_path):
             assert answer.status_code == 200, (path, answer.text[:200])
             assert kind in answer.headers["content-type"], (path, answer.headers["content-type"])
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def test_installed_pytest_plugin_serves_the_demo(venv, tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route

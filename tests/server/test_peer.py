@@ -47,6 +47,8 @@ from bridge.server.peer import (
     WaitDurable,
     WaitForRecovery,
 )
+
+from ..rawpeer import text_doc
 from bridge.storage.memory import MemoryStore
 
 pytestmark = pytest.mark.anyio
@@ -157,12 +159,6 @@ async def answer_flush(session: PeerSession, wait: WaitDurable) -> list:
     return session.handle(FlushTimedOut(wait))
 
 
-def text_doc(text: str) -> core.Document:
-    doc = core.Document()
-    with doc.transaction() as tx:
-        obj = tx.put_object(core.ROOT, "text", core.ObjType.Text)
-        tx.splice_text(obj, 0, 0, text)
-    return doc
 
 
 # --- handshake ------------------------------------------------------------------

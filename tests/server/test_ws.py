@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import anyio
 import httpx
 import msgspec
 import pytest
@@ -11,7 +10,7 @@ from automerge import core
 from bridge import Limits, create_app
 from bridge.testing import serve_in_thread
 
-from ..rawpeer import RawPeer
+from ..rawpeer import RawPeer, text_doc
 
 pytestmark = pytest.mark.anyio
 
@@ -24,12 +23,6 @@ def server(tmp_path_factory):
         yield running
 
 
-def text_doc(text: str) -> core.Document:
-    doc = core.Document()
-    with doc.transaction() as tx:
-        obj = tx.put_object(core.ROOT, "text", core.ObjType.Text)
-        tx.splice_text(obj, 0, 0, text)
-    return doc
 
 
 async def test_handshake_answers_welcome_with_limits(server):

@@ -24,7 +24,7 @@ from bridge import Limits, create_app
 from bridge.protocol import native as m
 from bridge.testing import serve_in_thread
 
-from ..rawpeer import RawPeer
+from ..rawpeer import RawPeer, text_doc
 
 pytestmark = pytest.mark.anyio
 
@@ -70,12 +70,6 @@ def no_internal_errors():
 _ids = itertools.count()
 
 
-def text_doc(text: str) -> core.Document:
-    doc = core.Document()
-    with doc.transaction() as tx:
-        obj = tx.put_object(core.ROOT, "text", core.ObjType.Text)
-        tx.splice_text(obj, 0, 0, text)
-    return doc
 
 
 def edit(doc: core.Document, key: str) -> None:
