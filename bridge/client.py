@@ -297,7 +297,7 @@ class RemoteDoc:
         :class:`~bridge.errors.DocError`, or the client's failure."""
         with anyio.fail_after(timeout):
             while not self.synced:
-                self._raise_if_failed()
+                self.raise_if_failed()
                 await self._progress.wait()
 
     async def close(self) -> None:
@@ -305,7 +305,12 @@ class RemoteDoc:
         self._changed.set()
         self._host.release(self)
 
-    def _raise_if_failed(self) -> None:
+    async def progress(self) -> None:
+        """Return at the next sync, saved, error or change of the client's state."""
+        await self._progress.wait()
+
+    def raise_if_failed(self) -> None:
+        """Raise the document's refusal or the client's failure, if any."""
         if self.error is not None:
             raise self.error
         if self._host.failure is not None:
@@ -544,14 +549,14 @@ class BridgeClient:
         with anyio.fail_after(timeout):
             while not doc.synced:
                 try:
-                    doc._raise_if_failed()
+                    doc.raise_if_failed()
                 except BridgeError:
                     if self.docs.get(doc_id) is doc:
                         del self.docs[doc_id]
                     raise
                 if self._state == "offline":
                     break  # offline-first: the local state, synced later
-                await doc._progress.wait()
+                await doc.progress()
         return doc
 
     def _send_open(self, doc: RemoteDoc) -> None:
