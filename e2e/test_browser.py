@@ -233,3 +233,27 @@ def test_warn_on_unsaved_prompts_only_while_something_is_unsaved(browser, contex
         page.close(run_before_unload=True)
     assert dialogs == ["beforeunload"]
     cut_off.close()
+
+
+def test_the_demo_works_under_a_mount_prefix(context, tmp_path):
+    """`Mount("/bridge", app)`: the page's script and socket paths are relative."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from bridge import create_app
+    from bridge.testing import serve_in_thread
+
+    bridge_app = create_app(data_dir=tmp_path / "data")
+    parent = Starlette(routes=[Mount("/bridge", bridge_app)], lifespan=bridge_app.router.lifespan_context)
+    with serve_in_thread(parent) as running:
+        page = context.new_page()
+        page.goto(f"{running.http_url}/bridge/#mounted")
+        page.wait_for_selector("#text:not([disabled])", timeout=15_000)
+        page.click("#text")
+        page.keyboard.type("under a prefix")
+
+        def saved() -> bool:
+            answer = httpx.get(f"{running.http_url}/bridge/docs/mounted")
+            return answer.status_code == 200 and answer.json().get("text") == "under a prefix"
+
+        eventually(saved, what="the edit to reach the mounted bridge")

@@ -146,3 +146,19 @@ def test_installed_pytest_plugin_serves_the_demo(venv, tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "1 passed" in result.stdout
+
+
+def test_runtime_dependencies_are_ranges_except_automerge():
+    """Installed into other people's apps, the bridge must not pin what they
+    pin too; only the Automerge binding is exact (its core version is the
+    protocol). CI stays reproducible through constraints.txt."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    exact = [d for d in project["dependencies"] if "==" in d]
+    assert exact == ["automerge==0.2.0.dev4"]
+    pinned = {line.split("==")[0].lower() for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line}
+    for dependency in project["dependencies"]:
+        name = dependency.split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip().lower()
+        assert name in pinned, f"{name} is not pinned in constraints.txt"
+    assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
