@@ -16,11 +16,11 @@ import time
 import traceback
 from pathlib import Path
 
-from . import catchup, durable, manydocs, profile, servers, throughput, typing_live, wire
+from . import catchup, durable, guard, manydocs, profile, servers, throughput, typing_live, wire
 from .machine import Load
 from .report import Table, render, write_json
 
-SCENARIOS = ["throughput", "durable", "catchup", "typing", "manydocs", "wire"]
+SCENARIOS = ["throughput", "durable", "catchup", "typing", "manydocs", "wire", "guard"]
 
 
 def _run(name: str, quick: bool, profile_dir: Path | None) -> Table:
@@ -34,6 +34,8 @@ def _run(name: str, quick: bool, profile_dir: Path | None) -> Table:
         return typing_live.run(quick, profile_dir=profile_dir)
     if name == "manydocs":
         return manydocs.run(quick, profile_dir=profile_dir)
+    if name == "guard":
+        return guard.run(quick)
     return wire.run(quick)
 
 

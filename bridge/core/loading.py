@@ -59,18 +59,27 @@ def load_stored(
     if not snapshots and not rows:
         return Loaded(core.Document(), index=ChangeIndex())
     skipped: list[str] = []
-    parsed: list[Change] = []
-    for number, row in enumerate(rows):
-        try:
-            changes = [c for c in split_chunks(row, bounds) if isinstance(c, Change)]
-        except ChunkError as exc:
-            skipped.append(f"change row {number} does not parse: {exc}")
-            continue
-        if not changes:
-            skipped.append(f"change row {number} holds no change")
-        elif hashes is not None and hashes[number] is not None and hashes[number] not in {c.hash for c in changes}:
-            skipped.append(f"change row {number} does not hold the change {hashes[number].hex()} it was stored as")
-        parsed.extend(changes)
+    stored_as = hashes or [None] * len(rows)
+
+    def parse(known: ChangeIndex) -> list[Change]:
+        """The rows' changes, but for rows the base already holds: the
+        snapshot has those, and a damaged copy of them costs nothing."""
+        parsed: list[Change] = []
+        for number, (row, stored_hash) in enumerate(zip(rows, stored_as)):
+            if stored_hash is not None and stored_hash in known.hashes:
+                continue
+            try:
+                changes = [c for c in split_chunks(row, bounds) if isinstance(c, Change)]
+            except ChunkError as exc:
+                skipped.append(f"change row {number} does not parse: {exc}")
+                continue
+            if not changes:
+                skipped.append(f"change row {number} holds no change")
+            elif stored_hash is not None and stored_hash not in {c.hash for c in changes}:
+                skipped.append(f"change row {number} does not hold the change {stored_hash.hex()} it was stored as")
+            parsed.extend(changes)
+        return parsed
+
     for number, snapshot in enumerate(snapshots):
         # A document chunk carries a checksum the core verifies: a snapshot
         # that loads is the one that was written (and verified) by compaction.
@@ -82,11 +91,14 @@ def load_stored(
         if not base.get_heads():
             skipped.append(f"snapshot {number} is empty")
             continue
-        return _rows_onto(snapshot, base, parsed, skipped)  # type: ignore[return-value]
+        if not rows:
+            return Loaded(base, skipped)  # the index is built when first needed
+        index = ChangeIndex.of(base)
+        return _rows_onto(snapshot, base, index, parse(index), skipped)  # type: ignore[return-value]
     # No usable snapshot (or none at all): the rows alone, if they hold a
     # whole history. Rows that lean on a lost snapshot would make a
     # near-empty document, and that is never served in the document's place.
-    loaded = _rows_onto(b"", core.Document(), parsed, skipped, whole=bool(snapshots))
+    loaded = _rows_onto(b"", core.Document(), ChangeIndex(), parse(ChangeIndex()), skipped, whole=bool(snapshots))
     if loaded is None:
         raise Unloadable("; ".join(skipped) + "; the change rows alone do not hold the whole document")
     return loaded
@@ -107,10 +119,15 @@ def _sound(snapshot: bytes, changes: list[Change]) -> core.Document | None:
 
 
 def _rows_onto(
-    snapshot: bytes, base: core.Document, parsed: list[Change], skipped: list[str], whole: bool = False
+    snapshot: bytes,
+    base: core.Document,
+    index: ChangeIndex,
+    parsed: list[Change],
+    skipped: list[str],
+    whole: bool = False,
 ) -> Loaded | None:
-    """``whole``: return None unless every row's dependencies are there."""
-    index = ChangeIndex.of(base)
+    """``index`` is the base's. ``whole``: return None unless every row's
+    dependencies are there."""
     planned = plan(index, parsed)
     if whole and (planned.waiting or not planned.apply):
         return None
