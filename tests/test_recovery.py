@@ -9,7 +9,6 @@ change that makes the core panic.
 
 from __future__ import annotations
 
-import anyio
 import pytest
 from automerge import core
 
@@ -21,6 +20,7 @@ from bridge.testing import serve_in_task
 from . import crafting
 from .rawpeer import RawPeer
 from .test_integrity import honest_change, send_changes
+from .waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -55,9 +55,7 @@ async def test_a_core_panic_costs_the_sender_a_doc_error_and_the_document_reload
         error = await send_changes(mallory, "fragile", [gap], [crafting.change_hash(gap)])
         assert error["code"] == "bad_sync" and error["doc"] == "fragile"
 
-        with anyio.fail_after(10):
-            while hub.recoveries == 0 or hub.loaded["fragile"].recovering is not None:
-                await anyio.sleep(0.01)
+        await eventually(lambda: hub.recoveries == 1 and hub.loaded["fragile"].recovering is None, timeout=10)
         live = hub.loaded["fragile"]
         assert core.extract(live.doc) == {f"k{i}": i for i in range(5)}, "back to the durable state, without the panic's debris"
 
