@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Union
+from typing import Annotated, Union
 
 import msgspec
 
@@ -24,6 +24,21 @@ PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
 Heads = list[bytes]
+
+# Bounds on what a peer's frame may hold, checked while decoding (a breach is
+# a protocol violation, 4400): nothing a peer sends is echoed, relayed or
+# logged at a size it chose. Generous next to real use: ids of 16-36
+# characters, a few heads, presence payloads of some hundred bytes.
+MAX_PEER_NAME = 256
+MAX_TOKEN = 16 * 1024
+MAX_FIELD = 1024  # a document id field (valid ids are at most 256 characters)
+MAX_EPH_BYTES = 64 * 1024
+MAX_FLUSH_DOCS = 1024
+MAX_HEADS = 1024
+
+_Name = Annotated[str, msgspec.Meta(max_length=MAX_PEER_NAME)]
+_DocField = Annotated[str, msgspec.Meta(max_length=MAX_FIELD)]
+_PeerHeads = Annotated[list[Annotated[bytes, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=MAX_HEADS)]
 
 _DOC_ID = re.compile(r"[A-Za-z0-9._:~-]{1,256}")
 
@@ -40,35 +55,35 @@ class _Msg(msgspec.Struct, tag_field="t", forbid_unknown_fields=False, omit_defa
 
 
 class Hello(_Msg, tag="hello"):
-    v: list[int]
-    peer: str
-    token: str | None = None
-    caps: list[str] = []
+    v: Annotated[list[int], msgspec.Meta(max_length=16)]
+    peer: _Name
+    token: Annotated[str, msgspec.Meta(max_length=MAX_TOKEN)] | None = None
+    caps: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=64)] = []
 
 
 class Open(_Msg, tag="open"):
-    doc: str
+    doc: _DocField
 
 
 class Sync(_Msg, tag="sync"):
     """An Automerge sync message; the same shape travels in both directions."""
 
-    doc: str
+    doc: _DocField
     data: bytes
 
 
 class Flush(_Msg, tag="flush"):
-    id: int
-    docs: dict[str, Heads]
+    id: Annotated[int, msgspec.Meta(ge=0, lt=2**53)]
+    docs: Annotated[dict[_DocField, _PeerHeads], msgspec.Meta(max_length=MAX_FLUSH_DOCS)]
 
 
 class Close(_Msg, tag="close"):
-    doc: str
+    doc: _DocField
 
 
 class Eph(_Msg, tag="eph"):
-    doc: str
-    data: bytes
+    doc: _DocField
+    data: Annotated[bytes, msgspec.Meta(max_length=MAX_EPH_BYTES)]
 
 
 class Bye(_Msg, tag="bye"):

@@ -60,3 +60,29 @@ def test_bad_frames_are_protocol_errors_with_4400(frame):
 def test_unknown_fields_are_ignored():
     frame = msgspec.msgpack.encode({"t": "open", "doc": "a", "future": [1, 2]})
     assert m.decode_client(frame) == m.Open(doc="a")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"t": "hello", "v": [1], "peer": "x" * (m.MAX_PEER_NAME + 1)},
+        {"t": "hello", "v": [1], "peer": "p", "token": "t" * (m.MAX_TOKEN + 1)},
+        {"t": "hello", "v": [1] * 17, "peer": "p"},
+        {"t": "open", "doc": "d" * (m.MAX_FIELD + 1)},
+        {"t": "eph", "doc": "a", "data": b"x" * (m.MAX_EPH_BYTES + 1)},
+        {"t": "flush", "id": 1, "docs": {f"d{i}": [] for i in range(m.MAX_FLUSH_DOCS + 1)}},
+        {"t": "flush", "id": 1, "docs": {"a": [b"\x01" * 32] * (m.MAX_HEADS + 1)}},
+        {"t": "flush", "id": -1, "docs": {}},
+    ],
+    ids=["peer", "token", "versions", "doc", "eph", "flush-docs", "flush-heads", "flush-id"],
+)
+def test_fields_a_peer_could_inflate_are_bounded(frame):
+    """Nothing a peer sends is echoed, relayed or logged at a size it chose."""
+    with pytest.raises(ProtocolError) as info:
+        m.decode_client(msgspec.msgpack.encode(frame))
+    assert info.value.close_code == 4400
+
+
+def test_a_long_but_bounded_doc_id_is_a_doc_scoped_error_not_a_protocol_error():
+    message = m.decode_client(msgspec.msgpack.encode({"t": "open", "doc": "d" * 300}))
+    assert not m.valid_doc_id(message.doc)
