@@ -47,12 +47,14 @@ class DocSync:
         index: Callable[[], ChangeIndex] | None = None,
         bounds: Bounds | None = None,
         max_waiting: int = 10_000,
+        max_waiting_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.doc = doc
         self.state = core.SyncState()
         self._index = index
         self.bounds = bounds or Bounds()
         self.max_waiting = max_waiting
+        self.max_waiting_bytes = max_waiting_bytes
         self.waiting: dict[bytes, Change] = {}
 
     def reset(self) -> None:
@@ -99,9 +101,9 @@ class DocSync:
             change, reason = planned.rejected[0]
             more = f" (and {len(planned.rejected) - 1} more)" if len(planned.rejected) > 1 else ""
             raise BadSyncMessage(f"refused change {change.hash.hex()[:12]}: {reason}{more}", applied)
-        if len(self.waiting) > self.max_waiting:
+        if len(self.waiting) > self.max_waiting or sum(c.size for c in self.waiting.values()) > self.max_waiting_bytes:
             self.waiting.clear()
-            raise BadSyncMessage(f"more than {self.max_waiting} changes wait for missing dependencies", applied)
+            raise BadSyncMessage(f"more than {self.max_waiting} changes or {self.max_waiting_bytes} bytes wait for missing dependencies", applied)
         return applied
 
     def _receive_trusted(self, data: bytes) -> list[core.Change]:

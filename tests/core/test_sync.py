@@ -88,3 +88,29 @@ def test_hash_index_tracks_history():
     edit(doc, "x", 3)
     assert index.contains_all(doc.get_heads() + first)
     assert not index.contains_all([b"\x01" * 32])
+
+
+def test_changes_waiting_for_dependencies_are_bounded_and_dropped_past_the_bound():
+    from bridge.core.validate import ChangeIndex
+
+    from .. import crafting
+
+    server = core.Document()
+    index = ChangeIndex.of(server)
+    sync = DocSync(server, index=lambda: index, max_waiting=3)
+    author = core.Document()
+    edit(author, "root", 0)  # never sent: everything after it waits
+    later = []
+    for i in range(5):
+        edit(author, f"k{i}", i)
+        later.append(author.get_last_local_change().bytes)
+    for chunk in later[:3]:
+        assert sync.receive(crafting.sync_message([chunk])) == []
+    assert len(sync.waiting) == 3
+    try:
+        sync.receive(crafting.sync_message([later[3]]))
+    except BadSyncMessage as exc:
+        assert "wait for missing dependencies" in str(exc)
+    else:
+        raise AssertionError("the fourth waiting change was kept")
+    assert sync.waiting == {} and server.get_heads() == []
