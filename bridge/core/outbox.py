@@ -4,7 +4,8 @@ Shared by the server's per-peer connection and the Python client. Three kinds
 of pending output, sent in this order of priority:
 
 - control frames, in order (bounded: overflow means the peer is too slow);
-- "latest" frames keyed by a name (``saved`` heads): only the newest counts;
+- "latest" frames keyed by a name (``saved`` heads, relayed ``eph`` presence
+  per sender): only the newest counts, so they never pile up;
 - dirty documents: sync messages are generated only when the socket can take
   them, so a busy or slow peer gets one message covering everything that
   happened meanwhile instead of a backlog.
@@ -47,8 +48,11 @@ class Outbox:
         self._wake.set()
 
     def forget(self, doc_id: str) -> None:
+        """Drop what is pending for ``doc_id``: its dirty mark and every
+        "latest" frame whose key is a tuple naming it second, e.g.
+        ``("saved", doc_id)`` or ``("eph", doc_id, sender)``."""
         self._dirty.pop(doc_id, None)
-        for key in [k for k in self._latest if isinstance(k, tuple) and k[-1] == doc_id]:
+        for key in [k for k in self._latest if isinstance(k, tuple) and len(k) > 1 and k[1] == doc_id]:
             del self._latest[key]
 
     @property

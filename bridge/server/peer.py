@@ -42,6 +42,18 @@ asked to ``Poll()`` (through ``session.wakeup``), and every ``handle`` returns
 them. Synchronous hub calls (``accept``, ``unsubscribe``, ``relay_ephemeral``,
 ``damaged``) are made directly: they never wait.
 
+Rate limits: every frame received is charged to two token buckets (frames/s
+and bytes/s, :class:`~bridge.config.Limits`), *before* anything else looks at
+it. A peer over either one is closed with ``Close(4429, "retry after N s: over
+...")`` and nothing it sent afterwards is handled. The session never reads the
+time itself: it asks its ``clock`` (``time.monotonic`` unless a test passes a
+fake one), so the decision stays deterministic.
+
+Relayed ``eph`` frames are latest-state: the outbox keeps only the newest one
+per (document, sender), so a flooding sender can never fill a bystander's
+control queue (and get the *bystander* closed with 4409); the sender runs
+into its own rate limit instead.
+
 A fatal protocol violation becomes ``Close(code, reason)``; an exception that
 escapes ``handle`` is a bug of the bridge, and the pump closes with 1011.
 """
@@ -49,7 +61,9 @@ escapes ``handle`` is a bug of the bridge, and the pump closes with 1011.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Mapping, Union
@@ -222,6 +236,48 @@ Effect = Union[Send, Close, StartTimer, CancelTimer, Authenticate, Subscribe, Wa
 GATING = (Authenticate, Subscribe, WaitForRecovery)
 
 
+# --- rate limits --------------------------------------------------------------
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up; starts full.
+
+    Sans-IO: the caller passes the time (any monotonic clock, in seconds)."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError(f"a token bucket needs a positive rate and burst, got {rate}/s, burst {burst}")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp: float | None = None
+
+    def take(self, cost: float, now: float) -> bool:
+        """Spend ``cost`` tokens (at most the whole burst); False if there are not enough."""
+        if self.stamp is not None and now > self.stamp:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        if self.stamp is None or now > self.stamp:
+            self.stamp = now
+        cost = min(float(cost), self.burst)
+        if cost > self.tokens:
+            return False
+        self.tokens -= cost
+        return True
+
+    @property
+    def refill_seconds(self) -> int:
+        """Whole seconds an empty bucket takes to fill up again (at least 1)."""
+        return max(1, math.ceil(self.burst / self.rate))
+
+
+def _per_second(amount: float, unit: str) -> str:
+    if unit == "bytes" and amount >= 1024 * 1024 and amount % (1024 * 1024) == 0:
+        return f"{amount / (1024 * 1024):g} MiB/s"
+    return f"{amount:g} {unit}/s"
+
+
 # --- the session --------------------------------------------------------------
 
 
@@ -230,7 +286,15 @@ class PeerSession:
 
     AWAITING_HELLO, AUTHENTICATING, OPEN, CLOSED = "awaiting_hello", "authenticating", "open", "closed"
 
-    def __init__(self, hub: Hub, *, server_peer: str, limits: Limits, session_id: str | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        server_peer: str,
+        limits: Limits,
+        session_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.hub = hub
         self.server_peer = server_peer
         self.limits = limits
@@ -250,6 +314,13 @@ class PeerSession:
         self._lazy_saved: dict[str, list[bytes]] = {}
         self._saved_timer = False
         self._closed_with: Close | None = None
+        self.clock = clock
+        self._frame_bucket = (
+            TokenBucket(limits.max_frames_per_second, limits.frame_burst) if limits.max_frames_per_second else None
+        )
+        self._byte_bucket = (
+            TokenBucket(limits.max_bytes_per_second, limits.byte_burst) if limits.max_bytes_per_second else None
+        )
 
     # --- the one decision point --------------------------------------------------
 
@@ -278,6 +349,8 @@ class PeerSession:
 
     def _dispatch(self, event: Event, effects: list[Effect]) -> None:
         if isinstance(event, FrameReceived):
+            if not self._within_rate(len(event.data), effects):
+                return
             if self._gate is not None:
                 self._held.append(event.data)
             else:
@@ -321,6 +394,18 @@ class PeerSession:
             pass  # queued effects are returned by handle()
         else:
             raise TypeError(f"not a PeerSession event: {event!r}")
+
+    def _within_rate(self, size: int, effects: list[Effect]) -> bool:
+        """Charge one received frame to the buckets; close 4429 when over."""
+        if self._frame_bucket is None and self._byte_bucket is None:
+            return True
+        now = self.clock()
+        for bucket, cost, unit in ((self._frame_bucket, 1, "frames"), (self._byte_bucket, size, "bytes")):
+            if bucket is not None and not bucket.take(cost, now):
+                retry = bucket.refill_seconds
+                self._close(CloseCode.RATE_LIMITED, f"retry after {retry} s: over {_per_second(bucket.rate, unit)}", effects)
+                return False
+        return True
 
     def _ungate(self, doc_id: str, kind: type) -> None:
         gate = self._gate
@@ -549,4 +634,7 @@ class PeerSession:
             self.wakeup()
 
     def ephemeral(self, doc_id: str, sender: str, data: bytes) -> None:
-        self._send(m.EphRelay(doc=doc_id, from_=sender, data=data))
+        # Presence is latest-state: only the newest eph per (doc, sender)
+        # waits for the socket, so a flood from one sender cannot fill this
+        # peer's control queue (the sender is held by its own rate limit).
+        self.outbox.push_latest(("eph", doc_id, sender), m.encode(m.EphRelay(doc=doc_id, from_=sender, data=data)))

@@ -15,7 +15,7 @@ the session, and performs the effects the session returns:
   timeout, and feeds ``FlushDurable`` or ``FlushTimedOut``.
 
 Beside the reader, the writer drains the session's outbox (control frames in
-order, the latest ``saved`` per document, sync messages pulled from the
+order, the latest ``saved`` per document and ``eph`` per sender, sync messages pulled from the
 session when the socket can take them), and a poller feeds ``Poll`` when the
 session queued effects from a hub callback. Any session with the same shape
 (``handle``, ``outbox``, ``sync_frames``, ``wakeup``, ``closed_with``) can be

@@ -388,17 +388,26 @@ async def test_outbox_overflow_closes_4409():
         assert session.handle(frame(t="sync", doc="nope", data=b"x")) == [Close(4409, "too slow to keep up; reconnect and resync")]
 
 
-async def test_outbox_overflow_from_relays_closes_4409_through_the_writer():
+async def test_a_peer_whose_own_backlog_overflows_is_closed_4409_through_the_writer():
+    # Its own answers pile up (one error per bad request); others' presence
+    # never does (the latest per sender only: tests/server/test_limits.py).
     async with running_hub() as hub:
-        slow, chatty = connected(hub, "slow", max_outbox=2), connected(hub, "chatty")
+        slow = connected(hub, "slow", max_outbox=2)
         await open_doc(slow, hub, "room")
-        await open_doc(chatty, hub, "room")
-        for _ in range(3):
-            chatty.handle(frame(t="eph", doc="room", data=b"."))
-        with pytest.raises(OutboxOverflow):
-            await drain(slow)  # the writer notices
-        assert slow.handle(OutboxOverflowed()) == [Close(4409, "too slow to keep up; reconnect and resync")]
+        effects = [slow.handle(frame(t="open", doc="bad id!")) for _ in range(3)]
+        assert effects[:2] == [[], []]
+        assert effects[2] == [Close(4409, "too slow to keep up; reconnect and resync")], "the session sees it first"
         assert slow not in hub.loaded["room"].subscribers
+
+
+async def test_overflow_the_writer_notices_closes_4409():
+    async with running_hub() as hub:
+        slow = connected(hub, "slow", max_outbox=2)
+        for _ in range(3):
+            slow.outbox.push(b"x")  # queued outside handle, as a pump could
+        with pytest.raises(OutboxOverflow):
+            await drain(slow)
+        assert slow.handle(OutboxOverflowed()) == [Close(4409, "too slow to keep up; reconnect and resync")]
 
 
 # --- recovery -----------------------------------------------------------------------

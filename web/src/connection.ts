@@ -29,7 +29,23 @@ export type ProbeVerdict = { fatal: false } | { fatal: true; status: number };
  */
 export const FATAL_CLOSE_CODES: ReadonlySet<number> = new Set([4400, 4401, 4403, 1009]);
 /** Close codes after which the client comes back at once (with jitter) rather than backing off. */
-export const QUICK_RECONNECT_CODES: ReadonlySet<number> = new Set([1001, 4409, 4429]);
+export const QUICK_RECONNECT_CODES: ReadonlySet<number> = new Set([1001, 4409]);
+
+/** A 4429 (rate limited) reason carries the delay in seconds; honoured up to this bound. */
+export const MAX_RATE_LIMIT_DELAY_MS = 600_000;
+
+/**
+ * The delay a 4429 close asks for, in ms: the first number of its reason
+ * ("retry after 5 s: over 200 frames/s") in seconds, capped at 600 s;
+ * undefined when the reason names none.
+ */
+export function rateLimitDelay(reason: string): number | undefined {
+  const found = /\d+(?:\.\d+)?/.exec(reason);
+  if (!found) return undefined;
+  const seconds = Number(found[0]);
+  if (!Number.isFinite(seconds)) return undefined;
+  return Math.min(seconds * 1000, MAX_RATE_LIMIT_DELAY_MS);
+}
 
 const CLOSE_CODE_NAMES: Record<number, string> = {
   4400: "protocol",
@@ -99,6 +115,8 @@ export class Connection {
   #state: ConnectionState = "connecting";
   #attempt = 0;
   #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The pending reconnect waits out a 4429 delay: `reconnectNow` must not cut it short. */
+  #rateLimited = false;
   #handshakeTimer: ReturnType<typeof setTimeout> | undefined;
   #stopped = false;
   #fatal: BridgeError | null = null;
@@ -137,7 +155,7 @@ export class Connection {
 
   /** Skip the rest of the backoff delay (e.g. the browser says it is online again). */
   reconnectNow(): void {
-    if (this.#reconnectTimer === undefined || this.#stopped || this.#fatal) return;
+    if (this.#reconnectTimer === undefined || this.#stopped || this.#fatal || this.#rateLimited) return;
     clearTimeout(this.#reconnectTimer);
     this.#connect();
   }
@@ -294,9 +312,17 @@ export class Connection {
     }
     if (code === 1011) this.#h.error(closeError(code, reason));
     this.#setState("offline");
-    // 1001 (server going away), 4409 (too slow: resync) and 4429 (rate
-    // limited): come back at once, with jitter so a restarting server is not
-    // hit by everyone together.
+    if (code === 4429) {
+      // Rate limited: come back after the delay the server named (plus
+      // jitter), not at once; without a number, back off as usual.
+      const wait = rateLimitDelay(reason);
+      if (wait !== undefined) {
+        this.#scheduleReconnect(false, wait + Math.random() * this.#opts.baseDelay);
+        return;
+      }
+    }
+    // 1001 (server going away) and 4409 (too slow: resync): come back at
+    // once, with jitter so a restarting server is not hit by everyone together.
     this.#scheduleReconnect(QUICK_RECONNECT_CODES.has(code));
   }
 
@@ -354,12 +380,17 @@ export class Connection {
     this.#onClose(ws, code, reason);
   }
 
-  #scheduleReconnect(quick: boolean): void {
+  #scheduleReconnect(quick: boolean, after?: number): void {
     clearTimeout(this.#reconnectTimer);
+    this.#rateLimited = after !== undefined;
     const { baseDelay, maxDelay } = this.#opts;
-    const delay = quick && this.#attempt === 0 ? Math.random() * baseDelay : backoff(this.#attempt, baseDelay, maxDelay);
+    const delay =
+      after !== undefined ? after : quick && this.#attempt === 0 ? Math.random() * baseDelay : backoff(this.#attempt, baseDelay, maxDelay);
     this.#attempt++;
-    this.#reconnectTimer = setTimeout(() => this.#connect(), delay);
+    this.#reconnectTimer = setTimeout(() => {
+      this.#rateLimited = false;
+      this.#connect();
+    }, delay);
   }
 
   #sendOn(ws: WebSocketLike, msg: ClientMessage): void {

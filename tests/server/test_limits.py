@@ -1,0 +1,243 @@
+"""Per-connection rate limits (4429) and latest-state `eph` relays.
+
+The peer that breaks a bound is the one closed, never a bystander: a flooder
+runs into its own token bucket, and what it relays to others is coalesced to
+the latest `eph` per (document, sender), so it cannot fill their outboxes.
+"""
+
+from __future__ import annotations
+
+import re
+
+import anyio
+import pytest
+import websockets
+from automerge import core
+
+from bridge import Limits, create_app
+from bridge.auth import Principal
+from bridge.core.sync import DocSync
+from bridge.hub import Hub
+from bridge.server.peer import Authenticated, Close, Connected, PeerSession, Poll, Send, TokenBucket
+from bridge.testing import serve_in_thread
+
+from ..rawpeer import RawPeer, text_doc
+from .test_peer import drain, frame, open_doc, running_hub
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def session_on(hub: Hub, clock: FakeClock, peer: str = "alice", **limits) -> PeerSession:
+    """A session past its handshake (the hello is its first frame, and counts)."""
+    session = PeerSession(hub, server_peer="bridge-test", limits=Limits(**limits), session_id=f"s-{peer}", clock=clock)
+    session.handle(Connected())
+    session.handle(frame(t="hello", v=[1], peer=peer))
+    [welcome] = session.handle(Authenticated(Principal(peer)))
+    assert isinstance(welcome, Send)
+    return session
+
+
+def retry_seconds(reason: str) -> float:
+    """What the Python client reads from a 4429 reason (bridge/client.py)."""
+    found = re.search(r"\d+(?:\.\d+)?", reason)
+    assert found, reason
+    return float(found.group())
+
+
+# --- the bucket -----------------------------------------------------------------
+
+
+def test_token_bucket_refills_at_its_rate_up_to_its_burst():
+    bucket = TokenBucket(rate=2, burst=4)
+    assert all(bucket.take(1, 0.0) for _ in range(4))
+    assert not bucket.take(1, 0.0)
+    assert not bucket.take(1, 0.4)  # 0.8 tokens
+    assert bucket.take(1, 0.5)
+    assert all(bucket.take(1, 100.0) for _ in range(4)), "never more than the burst saved up"
+    assert not bucket.take(1, 100.0)
+    assert not bucket.take(1, 99.0), "a clock going backwards refills nothing"
+    assert TokenBucket(rate=4, burst=16).take(1_000_000, 0.0), "a cost above the burst costs the burst"
+    assert TokenBucket(rate=200, burst=400).refill_seconds == 2
+    assert TokenBucket(rate=1000, burst=10).refill_seconds == 1
+
+
+def test_defaults_are_generous_and_documented():
+    limits = Limits()
+    assert limits.max_frames_per_second == 200 and limits.frame_burst == 400
+    assert limits.max_bytes_per_second == 4 * 1024 * 1024 and limits.byte_burst == 16 * 1024 * 1024
+    assert limits.byte_burst >= limits.max_frame_bytes, "one frame of the maximum size always fits a full bucket"
+    assert "4429" in (Limits.__doc__ or "")
+
+
+# --- sans-IO: the session ----------------------------------------------------------
+
+
+async def test_frames_over_the_bucket_close_4429_with_the_retry_delay_and_nothing_more_is_handled():
+    async with running_hub() as hub:
+        clock = FakeClock()
+        session = session_on(hub, clock, max_frames_per_second=10, frame_burst=5)
+        for _ in range(4):  # the hello was the first of the burst of 5
+            assert session.handle(frame(t="close", doc="x")) == []
+        effects = session.handle(frame(t="close", doc="y"))
+        assert effects == [Close(4429, "retry after 1 s: over 10 frames/s")]
+        assert session.closed_with == effects[0]
+        assert retry_seconds(effects[0].reason) == 1
+        assert session.open_docs == [], "a rate-limited peer lets go of its documents"
+        clock.now += 60
+        assert session.handle(frame(t="open", doc="z")) == []
+        assert session.handle(Poll()) == []
+        assert "z" not in hub.loaded
+
+
+async def test_opens_are_gated_but_every_frame_received_is_counted():
+    async with running_hub() as hub:
+        clock = FakeClock()
+        session = session_on(hub, clock, max_frames_per_second=1, frame_burst=3)
+        [subscribe] = session.handle(frame(t="open", doc="g"))  # gates: what follows is held
+        assert session.handle(frame(t="eph", doc="g", data=b".")) == []
+        [close] = session.handle(frame(t="eph", doc="g", data=b"."))
+        assert close == Close(4429, "retry after 3 s: over 1 frames/s")
+
+
+async def test_bytes_over_the_bucket_close_4429():
+    async with running_hub() as hub:
+        clock = FakeClock()
+        session = session_on(hub, clock, max_bytes_per_second=1000, byte_burst=3000)
+        assert session.handle(frame(t="close", doc="x", pad=b"." * 1500)) == []  # unknown fields are ignored
+        clock.now += 0.5  # +500 bytes
+        assert session.handle(frame(t="close", doc="x", pad=b"." * 1500)) == []
+        [close] = session.handle(frame(t="close", doc="x", pad=b"." * 1500))
+        assert close == Close(4429, "retry after 3 s: over 1000 bytes/s")
+        assert retry_seconds(close.reason) == 3
+
+
+async def test_under_the_rate_a_peer_is_never_closed():
+    async with running_hub() as hub:
+        clock = FakeClock()
+        session = session_on(hub, clock, max_frames_per_second=10, frame_burst=2, max_bytes_per_second=10_000, byte_burst=1000)
+        start = clock.now
+        for i in range(1, 2001):  # 9 frames/s of ~800 bytes, for 222 s
+            clock.now = start + i / 9
+            assert session.handle(frame(t="close", doc="x", pad=b"." * 780)) == []
+        assert session.closed_with is None and session.state == session.OPEN
+
+
+async def test_rate_limits_can_be_switched_off():
+    async with running_hub() as hub:
+        session = session_on(hub, FakeClock(), max_frames_per_second=None, max_bytes_per_second=None)
+        for _ in range(5000):
+            assert session.handle(frame(t="close", doc="x")) == []
+
+
+async def test_eph_flood_keeps_one_latest_eph_per_sender_and_never_closes_the_bystander():
+    async with running_hub() as hub:
+        clock = FakeClock()
+        bystander = session_on(hub, clock, "bystander", max_outbox=3)
+        alice = session_on(hub, clock, "alice", max_frames_per_second=None)
+        carol = session_on(hub, clock, "carol", max_frames_per_second=None)
+        for s in (bystander, alice, carol):
+            await open_doc(s, hub, "room")
+        for i in range(100):
+            assert alice.handle(frame(t="eph", doc="room", data=b"a%d" % i)) == []
+            assert carol.handle(frame(t="eph", doc="room", data=b"c%d" % i)) == []
+        assert bystander.handle(Poll()) == []
+        assert not bystander.outbox.overflowed
+        ephs = [f for f in await drain(bystander) if f["t"] == "eph"]
+        assert ephs == [
+            {"t": "eph", "doc": "room", "from": "alice", "data": b"a99"},
+            {"t": "eph", "doc": "room", "from": "carol", "data": b"c99"},
+        ]
+        assert bystander.closed_with is None
+
+        # A closed document's pending presence is dropped with it.
+        alice.handle(frame(t="eph", doc="room", data=b"late"))
+        bystander.handle(frame(t="close", doc="room"))
+        assert not any(f["t"] == "eph" for f in await drain(bystander))
+
+
+async def test_an_eph_flooder_is_closed_4429_and_the_bystander_is_not():
+    async with running_hub() as hub:
+        clock = FakeClock()
+        bystander = session_on(hub, clock, "bystander", max_outbox=5)
+        flooder = session_on(hub, clock, "flooder", max_frames_per_second=50, frame_burst=100)
+        await open_doc(bystander, hub, "room")
+        await open_doc(flooder, hub, "room")
+        closes = []
+        for i in range(1000):
+            closes += flooder.handle(frame(t="eph", doc="room", data=b"%d" % i))
+            if closes:
+                break
+        assert closes == [Close(4429, "retry after 2 s: over 50 frames/s")]
+        assert flooder not in hub.loaded["room"].subscribers
+        assert bystander.handle(Poll()) == [] and not bystander.outbox.overflowed
+        ephs = [f for f in await drain(bystander) if f["t"] == "eph"]
+        assert len(ephs) == 1 and ephs[0]["from"] == "flooder"
+        assert bystander.closed_with is None
+
+
+# --- over a real socket -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    limits = Limits(max_frames_per_second=20, frame_burst=40, max_outbox=20, flush_timeout=5.0)
+    app = create_app(data_dir=tmp_path_factory.mktemp("data"), limits=limits, web_dir=None)
+    with serve_in_thread(app) as running:
+        yield running
+
+
+async def test_a_flooder_is_closed_4429_while_a_bystander_keeps_syncing(server):
+    bystander = await RawPeer.connect(server.ws_url, peer="bystander")
+    doc = text_doc("shared")
+    await bystander.sync_doc("shared", doc)
+
+    flooder = await RawPeer.connect(server.ws_url, peer="flooder")
+    theirs = core.Document()
+    await flooder.sync_doc("shared", theirs)
+    sync_data = DocSync(theirs).generate()[0]
+    closed: list[websockets.ConnectionClosed] = []
+
+    async def flood() -> None:
+        with anyio.fail_after(10):
+            try:
+                for i in range(100_000):
+                    if i % 2:
+                        await flooder.send({"t": "sync", "doc": "shared", "data": sync_data})
+                    else:
+                        await flooder.send({"t": "eph", "doc": "shared", "data": b"cursor:%d" % i})
+                    if i % 50 == 0:
+                        await anyio.sleep(0)
+                while True:
+                    await flooder.ws.recv()
+            except websockets.ConnectionClosed as exc:
+                closed.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(flood)
+        # Meanwhile the bystander edits, syncs and flushes, round after round.
+        for n in range(3):
+            with doc.transaction() as tx:
+                tx.put(core.ROOT, f"edit{n}", core.ScalarType.Int, n)
+            await bystander.sync_doc("shared", doc)
+            await bystander.send({"t": "flush", "id": n, "docs": {"shared": doc.get_heads()}})
+            flushed = await bystander.recv_until(lambda f: f["t"] in ("flushed", "error") and f.get("id") == n)
+            assert flushed == {"t": "flushed", "id": n, "docs": {"shared": doc.get_heads()}}
+
+    [exc] = closed
+    assert exc.rcvd is not None and exc.rcvd.code == 4429, exc
+    assert exc.rcvd.reason.startswith("retry after 2 s: over 20 frames/s"), exc.rcvd.reason
+
+    # The bystander is still connected and served after the flood.
+    await bystander.send({"t": "flush", "id": 99, "docs": {"shared": doc.get_heads()}})
+    flushed = await bystander.recv_until(lambda f: f["t"] == "flushed" and f["id"] == 99)
+    assert flushed["docs"] == {"shared": doc.get_heads()}
+    await bystander.send({"t": "bye"})
+    assert await bystander.closed_with() == 1000
