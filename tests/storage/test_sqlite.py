@@ -9,6 +9,7 @@ import sqlite3
 import pytest
 from automerge import core
 
+from bridge.storage import acceptance
 from bridge.storage import AppendChanges, Compact, StoreCorrupt, open_store
 from bridge.storage.sqlite import SCHEMA_VERSION, SchemaTooNew, SQLiteStore
 
@@ -32,16 +33,9 @@ CREATE INDEX IF NOT EXISTS changes_by_doc ON changes (doc_id, seq);
 
 
 
-def history(n: int) -> tuple[core.Document, list[core.Change]]:
-    doc = core.Document()
-    for i in range(n):
-        with doc.transaction() as tx:
-            tx.put(core.ROOT, f"k{i}", core.ScalarType.Int, i)
-    return doc, doc.get_changes([])
-
-
-def pairs(changes):
-    return [(c.hash, c.bytes) for c in changes]
+# The acceptance suite's own history builder: one change per key.
+history = acceptance._history
+pairs = acceptance._pairs
 
 
 def user_version(path) -> int:
