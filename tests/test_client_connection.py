@@ -14,7 +14,6 @@ import threading
 import time
 from typing import Callable, Iterator
 
-import anyio
 import httpx
 import msgspec
 import pytest
@@ -30,7 +29,7 @@ from bridge.core.sync import DocSync
 from bridge.errors import ConnectionClosed, ConnectionRejected, DocError, FlushTimeout, Forbidden, ProtocolError
 from bridge.testing import serve_in_thread
 
-from .waiting import eventually
+from .waiting import eventually, nothing_happens_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]  # the client must hold on asyncio and trio
 
@@ -175,7 +174,7 @@ async def test_a_malformed_frame_reconnects_with_backoff_not_in_a_loop():
     fake = FakeBridge(after_welcome=lambda n, ws: ws.send(encode([1, 2, 3])))
     with fake.running() as url:
         async with BridgeClient(url, backoff_initial=0.05, backoff_max=5.0) as client:
-            await anyio.sleep(1.5)
+            await nothing_happens_for(1.5)
             client.abandon()
     # Backoff grows: a handful of attempts, not hundreds.
     assert 2 <= fake.connections <= 12, fake.connections
@@ -276,7 +275,7 @@ async def test_http_404_on_the_upgrade_is_fatal_without_retries():
             with pytest.raises(ConnectionRejected) as info:
                 await client.wait_online()
             assert info.value.status == 404 and info.value.code == "rejected"
-            await anyio.sleep(0.3)
+            await nothing_happens_for(0.3)
     assert (fake.rejected, fake.connections) == (1, 0)
 
 
@@ -295,7 +294,7 @@ async def test_fatal_close_codes_give_up(code):
                 await client.open("other")
             with pytest.raises(ConnectionClosed):
                 await client._request_flush({"other": []}, None)
-            await anyio.sleep(0.2)
+            await nothing_happens_for(0.2)
     assert fake.connections == 1
 
 

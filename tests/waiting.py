@@ -12,3 +12,10 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 15.0, inter
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(interval)
+
+
+async def nothing_happens_for(seconds: float) -> None:
+    """An observation window, for asserting that something does NOT happen
+    (no reconnect, no retry) in it: there is no condition to wait on."""
+    with anyio.move_on_after(seconds):
+        await anyio.sleep_forever()

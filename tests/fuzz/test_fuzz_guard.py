@@ -44,6 +44,8 @@ from bridge.core.chunks import sleb, uleb
 from bridge.core.validate import ChangeIndex
 from bridge.core.sync import BadSyncMessage, CoreFailure, DocSync
 
+from . import flip_bytes
+
 from .. import crafting as c
 from ..core_failures import drain, realistic_doc
 
@@ -177,16 +179,7 @@ def bloom_have(draw) -> tuple[list[bytes], bytes]:
 
 @st.composite
 def flipped_document(draw) -> bytes:
-    data = bytearray(draw(st.sampled_from([BASE, PEER_SAVE, FULL_SAVE])))
-    for _ in range(draw(st.integers(1, 4))):
-        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-    data = bytes(data)
-    if draw(st.booleans()):
-        try:
-            data = c.rechecksum(data)
-        except Exception:
-            pass
-    return data
+    return flip_bytes(draw, draw(st.sampled_from([BASE, PEER_SAVE, FULL_SAVE])), st)
 
 
 def chunks_of(change: st.SearchStrategy[bytes]) -> st.SearchStrategy[list[bytes]]:

@@ -58,6 +58,7 @@ from bridge.storage.sqlite import SQLiteStore
 
 from .. import crafting as c
 from ..core_failures import CANONICAL_PUT
+from . import flip_bytes
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 STORAGE_FUZZ = settings(deadline=None, max_examples=EXAMPLES, suppress_health_check=list(HealthCheck), database=None)
@@ -172,21 +173,6 @@ class Records:
         return [d for _, d in self.snapshots], [d for _, d in self.rows]
 
 
-def _flip(draw, data: bytes) -> bytes:
-    if not data:
-        return b"\x00"
-    out = bytearray(data)
-    for _ in range(draw(st.integers(1, 4))):
-        out[draw(st.integers(0, len(out) - 1))] ^= draw(st.integers(1, 255))
-    out = bytes(out)
-    if draw(st.booleans()):
-        try:
-            out = c.rechecksum(out)
-        except Exception:
-            pass
-    return out
-
-
 def _rewrite(draw, data: bytes) -> bytes:
     field_name = draw(st.sampled_from(["seq", "start_op", "time", "deps", "actor", "message"]))
     value = {
@@ -220,7 +206,7 @@ def mutated(draw) -> Records:
                 del records[i]
                 continue
             if op == "flip":
-                data = _flip(draw, data)
+                data = flip_bytes(draw, data, st)
             elif op == "truncate":
                 data = data[: draw(st.integers(0, max(0, len(data) - 1)))]
             elif op == "garbage":

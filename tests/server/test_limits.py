@@ -214,7 +214,7 @@ async def test_a_flooder_is_closed_4429_while_a_bystander_keeps_syncing(server):
                     else:
                         await flooder.send({"t": "eph", "doc": "shared", "data": b"cursor:%d" % i})
                     if i % 50 == 0:
-                        await anyio.sleep(0)
+                        await anyio.lowlevel.checkpoint()
                 while True:
                     await flooder.ws.recv()
             except websockets.ConnectionClosed as exc:
