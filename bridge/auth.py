@@ -26,7 +26,7 @@ from starlette.requests import HTTPConnection
 
 from .protocol.native import PROTOCOL_VERSION, Hello
 
-__all__ = ["AuthRequest", "Authenticate", "AuthVerdict", "Principal", "authenticate", "bearer_token"]
+__all__ = ["AuthRequest", "Authenticate", "AuthVerdict", "Principal", "authenticate", "bearer_token", "quota_key"]
 
 
 @dataclass(frozen=True)
@@ -118,3 +118,11 @@ def bearer_token(connection: HTTPConnection) -> str | None:
     if token is None and header.lower().startswith("bearer "):
         token = header[7:]
     return token
+
+
+def quota_key(principal: Principal | None, address: str | None, identity_verified: bool) -> str:
+    """Who per-client quotas charge: the principal when an auth hook vouches
+    for its identity, else the client's address (a peer name is only a claim)."""
+    if identity_verified and principal is not None:
+        return f"principal:{principal.identity}"
+    return f"address:{address or '?'}"

@@ -20,7 +20,8 @@ from typing import Any, Callable, NoReturn, Sequence
 
 import anyio
 
-from .config import Limits
+from .config import Limits, knobs
+from .core.chunks import Bounds
 
 PROG = "automerge-bridge"
 ENV_PREFIX = "AUTOMERGE_BRIDGE_"
@@ -121,18 +122,45 @@ class Option:
         return ENV_PREFIX + self.dest.upper()
 
 
+def _limit_option(name: str, default: Any, help: str, unit: str) -> Option:
+    """A flag for a field of Limits or Bounds: positive numbers, and ``off``
+    for the limits that can be switched off (default None or declared so)."""
+    convert = _positive_float if unit in ("SECONDS", "RATE") else _positive_int
+    switchable = name in SWITCHABLE
+    if switchable:
+        convert = _or_off(convert)
+    return Option("--" + name.replace("_", "-"), convert, default, help + ("; off: no limit" if switchable else ""),
+                  unit or None)
+
+
+def _or_off(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() == "off" else convert(text)
+
+    parse.__name__ = f"{convert.__name__} or off"
+    return parse
+
+
+# Limits that `off` switches off (their field type admits None).
+SWITCHABLE = frozenset(
+    name for name, field_type in Limits.__annotations__.items() if "None" in str(field_type)
+)
+LIMIT_OPTIONS = tuple(_limit_option(*knob) for knob in knobs(Limits))
+BOUND_OPTIONS = tuple(_limit_option(*knob) for knob in knobs(Bounds))
+
 SERVE_OPTIONS = (
     Option("--host", str, "127.0.0.1", "interface to listen on (0.0.0.0 for every interface)"),
     Option("--port", _port, 8080, "TCP port to listen on; 0 picks a free one"),
     Option("--data-dir", str, "data", "directory of the SQLite database (DATA_DIR/bridge.sqlite3) and its lock file"),
     Option("--store", str, None, "store URL used instead of --data-dir: memory: or sqlite:///path/to/file", "URL"),
-    Option("--max-frame-bytes", _positive_int, Limits.max_frame_bytes,
-           "largest WebSocket frame a peer may send; a larger one closes the connection with 1009", "BYTES"),
-    Option("--flush-timeout", _positive_float, Limits.flush_timeout,
-           "seconds a flush may wait for its heads to be durable before it fails with flush_timeout", "SECONDS"),
     Option("--idle-unload-after", _non_negative_float, 30.0,
            "seconds after its last peer left before a document is compacted and unloaded", "SECONDS"),
+    Option("--forwarded-allow-ips", str, "127.0.0.1",
+           "comma-separated proxy addresses trusted to set X-Forwarded-For (the client address the "
+           "per-address limits count); * trusts every sender", "IPS"),
     Option("--log-level", _log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
+    *LIMIT_OPTIONS,
+    *BOUND_OPTIONS,
 )
 
 
@@ -231,7 +259,8 @@ def run_serve(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> None
     from .storage.sqlite import SchemaTooNew, SQLiteStore
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limits = Limits(max_frame_bytes=args.max_frame_bytes, flush_timeout=args.flush_timeout)
+    limits = Limits(**{option.dest: getattr(args, option.dest) for option in LIMIT_OPTIONS})
+    bounds = Bounds(**{option.dest: getattr(args, option.dest) for option in BOUND_OPTIONS})
     if args.store is None:
         data_dir = Path(args.data_dir)
         _check_data_dir(data_dir, fail)
@@ -256,12 +285,13 @@ def run_serve(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> None
             fail(str(exc))
         except (OSError, sqlite3.Error) as exc:
             fail(f"cannot open {where}: {exc}")
-    app = create_app(store, limits=limits, idle_unload_after=args.idle_unload_after)
+    app = create_app(store, limits=limits, bounds=bounds, idle_unload_after=args.idle_unload_after)
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        forwarded_allow_ips=args.forwarded_allow_ips,
         # Let frames up to our own limit through, so that *we* answer a larger
         # one with close 1009 and a log line (uvicorn would close silently).
         ws_max_size=args.max_frame_bytes * 2 + 1024,

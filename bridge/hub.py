@@ -41,6 +41,8 @@ from .core.chunks import Bounds, ChunkError
 from .core.loading import Unloadable, load_stored
 from .core.validate import ChangeIndex, plan
 from .core.sync import DocSync
+from .core.ratelimit import KeyedBuckets
+from .errors import QuotaExceeded
 from .storage import AppendChanges, Compact, Store, StoredDoc
 from .storage.batcher import GroupCommit
 
@@ -185,6 +187,7 @@ class Hub:
         compact_after: int = 1000,
         create_on_open: bool = True,
         bounds: Bounds | None = None,
+        docs_created_per_hour: int | None = None,
     ) -> None:
         self.store = store
         self.idle_unload_after = idle_unload_after
@@ -198,6 +201,11 @@ class Hub:
         # Documents whose stored state does not load: id -> why (for health).
         self.unavailable: dict[str, str] = {}
         self.recoveries = 0
+        # Documents each client may create: a bucket per creator that holds
+        # an hour's allowance and refills over the hour.
+        self._creations = (
+            KeyedBuckets(docs_created_per_hour / 3600, docs_created_per_hour) if docs_created_per_hour else None
+        )
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -235,8 +243,14 @@ class Hub:
 
     # --- loading and subscribing -------------------------------------------
 
-    async def subscribe(self, doc_id: str, subscriber: Subscriber, *, create: bool | None = None) -> LiveDoc:
-        live = await self._get(doc_id, self.create_on_open if create is None else create)
+    async def subscribe(
+        self, doc_id: str, subscriber: Subscriber, *, create: bool | None = None, creator: str | None = None
+    ) -> LiveDoc:
+        """The loaded document, loading it (or creating it, if ``create``)
+        first. ``creator`` is who a new document counts against
+        (``docs_created_per_hour``; None: trusted, not counted): over it,
+        :class:`~bridge.errors.QuotaExceeded`."""
+        live = await self._get(doc_id, self.create_on_open if create is None else create, creator)
         live.subscribers.add(subscriber)
         if live.unload_scope is not None:
             live.unload_scope.cancel()
@@ -251,7 +265,7 @@ class Hub:
         if not live.subscribers:
             self._schedule_unload(live)
 
-    async def _get(self, doc_id: str, create: bool) -> LiveDoc:
+    async def _get(self, doc_id: str, create: bool, creator: str | None = None) -> LiveDoc:
         while True:
             if doc_id in self._docs:
                 return self._docs[doc_id]
@@ -268,6 +282,7 @@ class Hub:
             if stored is None:
                 if not create:
                     raise DocNotFound(doc_id)
+                self._charge_creation(doc_id, creator)
                 live = LiveDoc(doc_id, core.Document())
             else:
                 live = self._load(doc_id, stored, [])
@@ -276,6 +291,16 @@ class Hub:
         finally:
             del self._loading[doc_id]
             loaded.set()
+
+    def _charge_creation(self, doc_id: str, creator: str | None) -> None:
+        if self._creations is None or creator is None:
+            return
+        if not self._creations.take(creator, time.monotonic()):
+            retry = self._creations.retry_after(creator)
+            raise QuotaExceeded(
+                f"too many new documents: at most {round(self._creations.burst)} per hour; try again in {retry} s",
+                doc=doc_id,
+            )
 
     def _load(self, doc_id: str, stored: StoredDoc, unsaved: list[tuple[bytes, bytes]]) -> LiveDoc:
         rows = stored.changes + unsaved
@@ -396,14 +421,16 @@ class Hub:
         message; return the hashes it carried (all now in the document).
 
         Raises ``ValueError`` when ``data`` is not Automerge data, or when
-        some of its changes are refused or lack dependencies (the valid ones
-        are applied and accepted all the same).
+        some of its changes are refused or lack dependencies, and
+        :class:`~bridge.errors.QuotaExceeded` when they would take the
+        document past ``max_doc_ops`` (either way the valid ones are applied
+        and accepted all the same).
         """
         try:
             incoming = expand_chunks(data, self.bounds)
         except ChunkError as exc:
             raise ValueError(f"not acceptable Automerge data: {exc}") from None
-        planned = plan(live.index, incoming)
+        planned = plan(live.index, incoming, max_doc_ops=self.bounds.max_doc_ops)
         before = live.doc.get_heads()
         if planned.apply:
             try:
@@ -414,6 +441,8 @@ class Hub:
         self.change_locally(live, before, None)
         if planned.rejected:
             change, reason = planned.rejected[0]
+            if planned.full:
+                raise QuotaExceeded(f"refused change {change.hash.hex()[:12]}: {reason}", doc=live.doc_id)
             raise ValueError(f"refused change {change.hash.hex()[:12]}: {reason}")
         if planned.waiting:
             raise ValueError(f"{len(planned.waiting)} changes lack dependencies the server does not have")

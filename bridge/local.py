@@ -63,7 +63,8 @@ class LocalDoc:
     def merge(self, data: bytes) -> list[bytes]:
         """Merge a saved document or change chunks, checked like a peer's
         sync message; return the hashes it carried. ``ValueError`` when (part
-        of) it is refused; the valid part is merged all the same."""
+        of) it is refused (:class:`~bridge.errors.QuotaExceeded` when the
+        document is full); the valid part is merged all the same."""
         return self._hub.merge_bytes(self._live, data)
 
     def save(self) -> bytes:
@@ -120,10 +121,15 @@ class LocalDoc:
 
 
 @asynccontextmanager
-async def open_local(hub: Hub, doc_id: str, *, peer: str = "local", create: bool = True) -> AsyncIterator[LocalDoc]:
-    """``async with open_local(app.state.hub, "doc") as doc: ...``"""
+async def open_local(
+    hub: Hub, doc_id: str, *, peer: str = "local", create: bool = True, creator: str | None = None
+) -> AsyncIterator[LocalDoc]:
+    """``async with open_local(app.state.hub, "doc") as doc: ...``
+
+    ``creator``: who a new document counts against (the HTTP routes pass
+    the client; in-process code is trusted and passes nothing)."""
     handle = LocalDoc(hub, None, peer)  # type: ignore[arg-type]
-    handle._live = await hub.subscribe(doc_id, handle, create=create)
+    handle._live = await hub.subscribe(doc_id, handle, create=create, creator=creator)
     try:
         yield handle
     finally:

@@ -28,6 +28,8 @@ import hashlib
 import zlib
 from dataclasses import dataclass, field
 
+from ..config import knob
+
 MAGIC = b"\x85\x6f\x4a\x83"
 CHUNK_DOCUMENT, CHUNK_CHANGE, CHUNK_COMPRESSED, CHUNK_BUNDLE = 0, 1, 2, 3
 SYNC_V1, SYNC_V2 = 0x42, 0x43
@@ -48,11 +50,30 @@ class ChunkError(ValueError):
 
 @dataclass(frozen=True)
 class Bounds:
-    """What one sync message (or one HTTP body) may make the parser accept."""
+    """What incoming Automerge data may make the bridge accept: per change,
+    per sync message (or HTTP body), per document, and per peer's queue of
+    changes waiting for their dependencies.
 
-    max_ops_per_change: int = 300_000
-    max_ops_per_message: int = 1_000_000
-    max_change_bytes: int = 16 * 1024 * 1024  # decompressed
+    The op bounds are also stall bounds: the core's work grows with ops, and
+    it holds the GIL, so one input at the bound stalls the serving loop for
+    about as long as the core takes to apply it (docs/limits.md has the
+    measured times).
+    """
+
+    max_ops_per_change: int = knob(
+        300_000, "ops one change may hold (a 300 kB paste is 300k ops); more: error bad_sync", "COUNT")
+    max_ops_per_message: int = knob(
+        1_000_000, "ops one sync message or HTTP body may hold in all; more: error bad_sync", "COUNT")
+    max_change_bytes: int = knob(
+        16 * 1024 * 1024, "decompressed bytes of one change (inflation stops there); more: error bad_sync", "BYTES")
+    max_doc_ops: int = knob(
+        1_000_000, "ops a document may hold; a change that would pass it is refused with error quota", "COUNT")
+    max_waiting_changes: int = knob(
+        10_000, "changes one peer may have waiting for missing dependencies per document; "
+        "more: error bad_sync and the queue is dropped", "COUNT")
+    max_waiting_bytes: int = knob(
+        32 * 1024 * 1024, "bytes of changes one peer may have waiting for missing dependencies per document; "
+        "more: error bad_sync and the queue is dropped", "BYTES")
     max_changes_per_message: int = 100_000
     max_actor_bytes: int = 64
     max_other_actors: int = 10_000

@@ -76,7 +76,11 @@ def load_stored(
             if not changes:
                 skipped.append(f"change row {number} holds no change")
             elif stored_hash is not None and stored_hash not in {c.hash for c in changes}:
+                # Damaged into some other change: never trust it. Worse than
+                # useless, it may be a twin of an honest change (same actor
+                # and seq) that would crowd the real one out.
                 skipped.append(f"change row {number} does not hold the change {stored_hash.hex()} it was stored as")
+                continue
             parsed.extend(changes)
         return parsed
 
@@ -147,11 +151,11 @@ def _rows_onto(
         skipped.append(f"change {bad.hash.hex()}: the core cannot load it back")
         view = index.copy()
         for change in prefix:
-            view.add(change.hash, change.actor, change.seq, change.max_op)
+            view.add(change.hash, change.actor, change.seq, change.max_op, change.ops)
         rest = plan(view, good[hi:], refused={bad.hash})
         skipped += [f"change {c.hash.hex()}: {reason}" for c, reason in rest.rejected]
         good = prefix + rest.apply
         doc = _sound(snapshot, good)
     for change in good:
-        index.add(change.hash, change.actor, change.seq, change.max_op)
+        index.add(change.hash, change.actor, change.seq, change.max_op, change.ops)
     return Loaded(doc, skipped, index)

@@ -3,7 +3,8 @@
 Shared by the server's per-peer connection and the Python client. Three kinds
 of pending output, sent in this order of priority:
 
-- control frames, in order (bounded: overflow means the peer is too slow);
+- control frames, in order (bounded in count and, with the latest frames
+  below, in bytes: overflow means the peer is too slow);
 - "latest" frames keyed by a name (``saved`` heads, relayed ``eph`` presence
   per sender): only the newest counts, so they never pile up;
 - dirty documents: sync messages are generated only when the socket can take
@@ -24,24 +25,36 @@ class OutboxOverflow(Exception):
 
 
 class Outbox:
-    def __init__(self, max_control: int = 10_000) -> None:
+    def __init__(self, max_control: int = 10_000, max_bytes: int | None = None) -> None:
         self.max_control = max_control
+        self.max_bytes = max_bytes
         self._control: deque[bytes] = deque()
         self._latest: dict[object, bytes] = {}
         self._dirty: dict[str, None] = {}
         self._wake = anyio.Event()
         self.overflowed = False
+        self.queued_bytes = 0  # control plus latest frames waiting
 
     def push(self, frame: bytes) -> None:
-        if len(self._control) >= self.max_control:
+        if len(self._control) >= self.max_control or not self._fits(len(frame)):
             self.overflowed = True
         else:
             self._control.append(frame)
+            self.queued_bytes += len(frame)
         self._wake.set()
 
     def push_latest(self, key: object, frame: bytes) -> None:
-        self._latest[key] = frame
+        replaced = self._latest.get(key)
+        freed = len(replaced) if replaced is not None else 0
+        if not self._fits(len(frame) - freed):
+            self.overflowed = True
+        else:
+            self._latest[key] = frame
+            self.queued_bytes += len(frame) - freed
         self._wake.set()
+
+    def _fits(self, more: int) -> bool:
+        return self.max_bytes is None or self.queued_bytes + more <= self.max_bytes
 
     def mark_dirty(self, doc_id: str) -> None:
         self._dirty[doc_id] = None
@@ -53,7 +66,7 @@ class Outbox:
         ``("saved", doc_id)`` or ``("eph", doc_id, sender)``."""
         self._dirty.pop(doc_id, None)
         for key in [k for k in self._latest if isinstance(k, tuple) and len(k) > 1 and k[1] == doc_id]:
-            del self._latest[key]
+            self.queued_bytes -= len(self._latest.pop(key))
 
     @property
     def idle(self) -> bool:
@@ -75,12 +88,15 @@ class Outbox:
                 if self.overflowed:
                     raise OutboxOverflow
                 if self._control:
-                    await send(self._control.popleft())
+                    frame = self._control.popleft()
+                    self.queued_bytes -= len(frame)
+                    await send(frame)
                 elif self._dirty:
                     doc_id = next(iter(self._dirty))
                     del self._dirty[doc_id]
                     for frame in generate(doc_id):
                         await send(frame)
                 else:
-                    key = next(iter(self._latest))
-                    await send(self._latest.pop(key))
+                    frame = self._latest.pop(next(iter(self._latest)))
+                    self.queued_bytes -= len(frame)
+                    await send(frame)

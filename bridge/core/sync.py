@@ -32,11 +32,14 @@ class BadSyncMessage(ValueError):
 
     ``applied`` lists changes that were applied all the same (the valid part
     of the message): they are part of the document now and must be accepted.
+    ``full``: what was refused was refused only because the document reached
+    its size bound (the peer hears ``quota``, not ``bad_sync``).
     """
 
-    def __init__(self, message: str, applied: list[core.Change] | None = None) -> None:
+    def __init__(self, message: str, applied: list[core.Change] | None = None, *, full: bool = False) -> None:
         super().__init__(message)
         self.applied = applied or []
+        self.full = full
 
 
 class DocSync:
@@ -46,15 +49,11 @@ class DocSync:
         *,
         index: Callable[[], ChangeIndex] | None = None,
         bounds: Bounds | None = None,
-        max_waiting: int = 10_000,
-        max_waiting_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.doc = doc
         self.state = core.SyncState()
         self._index = index
         self.bounds = bounds or Bounds()
-        self.max_waiting = max_waiting
-        self.max_waiting_bytes = max_waiting_bytes
         self.waiting: dict[bytes, Change] = {}
 
     def reset(self) -> None:
@@ -82,7 +81,7 @@ class DocSync:
         except ChunkError as exc:
             raise BadSyncMessage(f"refused sync message: {exc}") from None
         index = self._index()
-        planned = plan(index, incoming, self.waiting.values())
+        planned = plan(index, incoming, self.waiting.values(), max_doc_ops=self.bounds.max_doc_ops)
         # The core answers `need` by looking hashes up and panics on unknown
         # ones; we can only ever send what we have.
         message.need = [h for h in message.need if h in index.hashes]
@@ -100,10 +99,13 @@ class DocSync:
         if planned.rejected:
             change, reason = planned.rejected[0]
             more = f" (and {len(planned.rejected) - 1} more)" if len(planned.rejected) > 1 else ""
-            raise BadSyncMessage(f"refused change {change.hash.hex()[:12]}: {reason}{more}", applied)
-        if len(self.waiting) > self.max_waiting or sum(c.size for c in self.waiting.values()) > self.max_waiting_bytes:
+            raise BadSyncMessage(f"refused change {change.hash.hex()[:12]}: {reason}{more}", applied, full=planned.full)
+        bounds = self.bounds
+        if len(self.waiting) > bounds.max_waiting_changes or sum(c.size for c in self.waiting.values()) > bounds.max_waiting_bytes:
             self.waiting.clear()
-            raise BadSyncMessage(f"more than {self.max_waiting} changes or {self.max_waiting_bytes} bytes wait for missing dependencies", applied)
+            raise BadSyncMessage(
+                f"more than {bounds.max_waiting_changes} changes or {bounds.max_waiting_bytes} bytes "
+                "wait for missing dependencies", applied)
         return applied
 
     def _receive_trusted(self, data: bytes) -> list[core.Change]:

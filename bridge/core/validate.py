@@ -18,7 +18,9 @@ what the document already holds, *before* the core sees it:
   its dependencies shows up here);
 - the timestamp is one every implementation can represent (Python's
   ``datetime`` range, well inside ``i64`` so the core's delta columns cannot
-  overflow).
+  overflow);
+- the document stays within its op bound (``max_doc_ops``): a change that
+  would take it past is refused as *full* (error ``quota``), not as bad.
 
 :class:`ChangeIndex` is what this needs to know about a document: its change
 hashes, each actor's last ``seq`` and op, and the highest op.
@@ -41,33 +43,40 @@ MAX_OP = 1 << 53  # ops are JS numbers in @automerge/automerge
 
 
 class ChangeIndex:
-    """Hashes, per-actor progress and the highest op of one document."""
+    """Hashes, per-actor progress, the highest op and the size (ops in all)
+    of one document."""
 
     def __init__(self) -> None:
         self.hashes: dict[bytes, int] = {}  # hash -> the change's highest op
         self.actors: dict[bytes, tuple[int, int]] = {}  # actor -> (seq, max_op)
         self.max_op = 0
+        # Ops in every change: what loading, saving and materialising cost
+        # grows with (concurrent changes share op counters, so max_op is less).
+        self.ops = 0
 
     @classmethod
     def of(cls, doc: core.Document) -> "ChangeIndex":
         index = cls()
-        for change in doc.get_changes([]):
-            index.add(change.hash, change.actor_id, change.seq, change.max_op)
+        index.add_changes(doc.get_changes([]))
         return index
 
-    def add(self, change_hash: bytes, actor: bytes, seq: int, max_op: int) -> None:
+    def add(self, change_hash: bytes, actor: bytes, seq: int, max_op: int, ops: int) -> None:
+        if change_hash in self.hashes:
+            return
         self.hashes[change_hash] = max_op
         last_seq, last_op = self.actors.get(actor, (0, 0))
         self.actors[actor] = (max(seq, last_seq), max(max_op, last_op))
         self.max_op = max(self.max_op, max_op)
+        self.ops += ops
 
     def add_changes(self, changes: Iterable[core.Change]) -> None:
         for change in changes:
-            self.add(change.hash, change.actor_id, change.seq, change.max_op)
+            self.add(change.hash, change.actor_id, change.seq, change.max_op, change.max_op - change.start_op + 1)
 
     def copy(self) -> "ChangeIndex":
         other = ChangeIndex()
-        other.hashes, other.actors, other.max_op = dict(self.hashes), dict(self.actors), self.max_op
+        other.hashes, other.actors = dict(self.hashes), dict(self.actors)
+        other.max_op, other.ops = self.max_op, self.ops
         return other
 
     def contains_all(self, hashes: Iterable[bytes]) -> bool:
@@ -82,6 +91,7 @@ class _View:
         self.hashes: dict[bytes, int] = {}
         self.actors: dict[bytes, tuple[int, int]] = {}
         self.max_op = index.max_op
+        self.ops = index.ops
 
     def has(self, change_hash: bytes) -> bool:
         return change_hash in self.hashes or change_hash in self.index.hashes
@@ -97,6 +107,10 @@ class _View:
         self.hashes[change.hash] = change.max_op
         self.actors[change.actor] = (change.seq, change.max_op)
         self.max_op = max(self.max_op, change.max_op)
+        self.ops += change.ops
+
+
+DOC_FULL = "the document is full"
 
 
 def problem(change: Change, view: _View) -> str | None:
@@ -129,14 +143,23 @@ class Plan:
     apply: list[Change] = field(default_factory=list)  # in an order the core can apply
     rejected: list[tuple[Change, str]] = field(default_factory=list)
     waiting: list[Change] = field(default_factory=list)  # deps still missing
+    # Something was refused only because the document would pass max_doc_ops
+    # (the peer did nothing wrong: the answer is `quota`, not `bad_sync`).
+    full: bool = False
 
 
 def plan(
-    index: ChangeIndex, incoming: Iterable[Change], waiting: Iterable[Change] = (), refused: set[bytes] | None = None
+    index: ChangeIndex,
+    incoming: Iterable[Change],
+    waiting: Iterable[Change] = (),
+    refused: set[bytes] | None = None,
+    max_doc_ops: int | None = None,
 ) -> Plan:
     """Sort ``incoming`` (plus changes still ``waiting`` from earlier) into
     what may be applied now, what is refused, and what still waits.
-    ``refused``: hashes already refused, whose descendants are refused too."""
+    ``refused``: hashes already refused, whose descendants are refused too.
+    ``max_doc_ops``: the document's size bound (None: unbounded, as when a
+    stored document is loaded: what was accepted once stays loadable)."""
     view = _View(index)
     result = Plan()
     refused = set(refused or ())
@@ -152,6 +175,9 @@ def plan(
                 reason: str | None = "depends on a refused change"
             elif all(view.has(dep) for dep in change.deps):
                 reason = None if view.has(change_hash) else problem(change, view)
+                if reason is None and max_doc_ops is not None and view.ops + change.ops > max_doc_ops:
+                    reason = f"{DOC_FULL}: {view.ops} ops, and this change would take it past {max_doc_ops}"
+                    result.full = True
             else:
                 continue
             del pending[change_hash]

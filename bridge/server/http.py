@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..auth import Authenticate, AuthRequest, Principal, authenticate as run_authenticate, bearer_token
+from ..auth import Authenticate, AuthRequest, Principal, authenticate as run_authenticate, bearer_token, quota_key
 from ..config import Limits
 from ..hub import DocNotFound, DocUnavailable, Hub
-from ..errors import FlushTimeout
+from ..errors import HTTP_STATUS, FlushTimeout, QuotaExceeded
 from ..local import open_local
 from ..protocol.native import valid_doc_id
 from ..values import heads_hex, to_json
@@ -47,6 +47,8 @@ def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authent
                 return error(400, "bad_doc_id", "document ids are 1-256 chars of [A-Za-z0-9._:~-]")
             try:
                 return await handler(request, doc_id, get_hub())
+            except QuotaExceeded as exc:
+                return error(HTTP_STATUS[exc.code], exc.code, str(exc))
             except DocUnavailable:
                 return error(503, "unavailable", "the document's stored state cannot be loaded; an operator has been told")
 
@@ -79,9 +81,13 @@ def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authent
             return error(413, "too_big", f"body exceeds {limits.max_frame_bytes} bytes")
         if not body:
             return error(400, "bad_changes", "empty body; send Automerge bytes")
-        async with open_local(hub, doc_id, peer="http") as doc:
+        address = request.client.host if request.client else None
+        creator = quota_key(request.state.principal, address, identity_verified=authenticate is not None)
+        async with open_local(hub, doc_id, peer="http", creator=creator) as doc:
             try:
                 carried = doc.merge(body)
+            except QuotaExceeded as exc:
+                return error(HTTP_STATUS[exc.code], exc.code, str(exc))
             except ValueError as exc:
                 return error(400, "bad_changes", str(exc))
             try:

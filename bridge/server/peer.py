@@ -61,19 +61,19 @@ escapes ``handle`` is a bug of the bridge, and the pump closes with 1011.
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Mapping, Union
 
-from ..auth import Principal
+from ..auth import Principal, quota_key
 from ..config import Limits
 from ..core.binding import CoreFailure
 from ..core.outbox import Outbox
+from ..core.ratelimit import TokenBucket
 from ..core.sync import BadSyncMessage, DocSync
-from ..errors import CloseCode, ErrorCode, ProtocolError
+from ..errors import CloseCode, ErrorCode, ProtocolError, QuotaExceeded
 from ..hub import DocNotFound, DocUnavailable, Hub, LiveDoc
 from ..protocol import native as m
 
@@ -121,7 +121,7 @@ class DocOpened:
 @dataclass(frozen=True, slots=True)
 class DocOpenFailed:
     doc_id: str
-    error: BaseException  # DocNotFound or DocUnavailable; anything else is a bug
+    error: BaseException  # DocNotFound, DocUnavailable or QuotaExceeded; anything else is a bug
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,10 +198,12 @@ class Authenticate:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """Gating: ``await hub.subscribe(doc_id, session)``, feed ``DocOpened``
-    (or ``DocOpenFailed`` for DocNotFound / DocUnavailable)."""
+    """Gating: ``await hub.subscribe(doc_id, session, creator=creator)``, feed
+    ``DocOpened`` (or ``DocOpenFailed`` for DocNotFound, DocUnavailable and
+    QuotaExceeded). ``creator`` is who a new document is charged to."""
 
     doc_id: str
+    creator: str
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -239,39 +241,6 @@ GATING = (Authenticate, Subscribe, WaitForRecovery)
 # --- rate limits --------------------------------------------------------------
 
 
-class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up; starts full.
-
-    Sans-IO: the caller passes the time (any monotonic clock, in seconds)."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        if rate <= 0 or burst <= 0:
-            raise ValueError(f"a token bucket needs a positive rate and burst, got {rate}/s, burst {burst}")
-        self.rate = float(rate)
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.stamp: float | None = None
-
-    def take(self, cost: float, now: float) -> bool:
-        """Spend ``cost`` tokens (at most the whole burst); False if there are not enough."""
-        if self.stamp is not None and now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        if self.stamp is None or now > self.stamp:
-            self.stamp = now
-        cost = min(float(cost), self.burst)
-        if cost > self.tokens:
-            return False
-        self.tokens -= cost
-        return True
-
-    @property
-    def refill_seconds(self) -> int:
-        """Whole seconds an empty bucket takes to fill up again (at least 1)."""
-        return max(1, math.ceil(self.burst / self.rate))
-
-
 def _per_second(amount: float, unit: str) -> str:
     if unit == "bytes" and amount >= 1024 * 1024 and amount % (1024 * 1024) == 0:
         return f"{amount / (1024 * 1024):g} MiB/s"
@@ -294,6 +263,8 @@ class PeerSession:
         limits: Limits,
         session_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        address: str = "?",
+        identity_verified: bool = False,
     ) -> None:
         self.hub = hub
         self.server_peer = server_peer
@@ -301,8 +272,16 @@ class PeerSession:
         self.session_id = session_id or secrets.token_hex(8)
         self.peer = "?"  # the hello's peer name: used in logs and `eph` relays
         self.principal: Principal | None = None
+        # The client's address; and whether an auth hook vouches for the
+        # principal's identity (without one, the identity is the peer's own
+        # claim and quotas go by address).
+        self.address = address
+        self.identity_verified = identity_verified
+        # The pump's admission ticket hears when the handshake is over.
+        self.on_welcome: Callable[[], None] = lambda: None
+        self._flushes_in_flight = 0
         self.state = self.AWAITING_HELLO
-        self.outbox = Outbox(limits.max_outbox)
+        self.outbox = Outbox(limits.max_outbox, limits.max_outbox_bytes)
         # The pump sets this: called (synchronously, from any task) when
         # effects are queued outside `handle`; it answers with `Poll()`.
         self.wakeup: Callable[[], None] = lambda: None
@@ -351,6 +330,9 @@ class PeerSession:
         if isinstance(event, FrameReceived):
             if not self._within_rate(len(event.data), effects):
                 return
+            if self.state == self.AWAITING_HELLO and len(event.data) > self.limits.max_hello_bytes:
+                raise ProtocolError(
+                    f"first frame of {len(event.data)} bytes exceeds {self.limits.max_hello_bytes}", CloseCode.TOO_BIG)
             if self._gate is not None:
                 self._held.append(event.data)
             else:
@@ -368,13 +350,17 @@ class PeerSession:
                 self._error(ErrorCode.NOT_FOUND, "no such document", event.doc_id)
             elif isinstance(event.error, DocUnavailable):
                 self._error(ErrorCode.UNAVAILABLE, "the document's stored state cannot be loaded; an operator has been told", event.doc_id)
+            elif isinstance(event.error, QuotaExceeded):
+                self._error(ErrorCode.QUOTA, str(event.error), event.doc_id)
             else:
                 raise event.error
         elif isinstance(event, FlushDurable):
+            self._flushes_in_flight -= 1
             wait = event.wait
             durable = {doc_id: live.durable_heads for doc_id, live in wait.docs.items()}
             self._send(m.Flushed(id=wait.request_id, docs=durable))
         elif isinstance(event, FlushTimedOut):
+            self._flushes_in_flight -= 1
             self._error(ErrorCode.FLUSH_TIMEOUT, f"not durable within {event.wait.timeout}s", None, event.wait.request_id)
         elif isinstance(event, RecoveryFinished):
             if self._gate is not event.wait:
@@ -437,8 +423,10 @@ class PeerSession:
 
     def _on_timer(self, name: str, effects: list[Effect]) -> None:
         if name == HANDSHAKE:
-            if self.state == self.AWAITING_HELLO:
-                self._close(CloseCode.HANDSHAKE_TIMEOUT, "no hello in time", effects)
+            # The deadline runs from the upgrade to the welcome: frames do not
+            # extend it, and a slow auth hook is inside it too.
+            if self.state in (self.AWAITING_HELLO, self.AUTHENTICATING):
+                self._close(CloseCode.HANDSHAKE_TIMEOUT, "no handshake in time", effects)
         elif name == SAVED:
             self._saved_timer = False
             pending, self._lazy_saved = self._lazy_saved, {}
@@ -453,7 +441,6 @@ class PeerSession:
             raise ProtocolError(f"no common protocol version: server speaks {list(m.SUPPORTED_VERSIONS)}")
         self._hello = message
         self.state = self.AUTHENTICATING
-        effects.append(CancelTimer(HANDSHAKE))
         self._gated(Authenticate(message), effects)
 
     def _on_authenticated(self, principal: Principal | None, effects: list[Effect]) -> None:
@@ -467,6 +454,7 @@ class PeerSession:
         self.principal = principal
         self.peer = self._hello.peer
         self.state = self.OPEN
+        self.on_welcome()  # the HANDSHAKE timer, when it fires, finds us OPEN
         limits = {"max_frame_bytes": self.limits.max_frame_bytes, "max_docs": self.limits.max_docs_per_connection}
         welcome = m.Welcome(v=m.PROTOCOL_VERSION, peer=self.server_peer, session=self.session_id, caps=[], limits=limits)
         effects.append(Send(m.encode(welcome)))
@@ -512,7 +500,7 @@ class PeerSession:
         elif len(self._docs) >= self.limits.max_docs_per_connection:
             self._error(ErrorCode.TOO_MANY_DOCS, f"at most {self.limits.max_docs_per_connection} open documents", doc_id)
         else:
-            self._gated(Subscribe(doc_id), effects)
+            self._gated(Subscribe(doc_id, self.client_key), effects)
 
     def _on_doc_opened(self, doc_id: str, live: LiveDoc) -> None:
         self._docs[doc_id] = (live, live.guarded_sync(self.hub.bounds))
@@ -537,9 +525,12 @@ class PeerSession:
             changes = sync.receive(message.data)
         except BadSyncMessage as exc:
             log.warning("peer %s doc %s: %s", self.peer, message.doc, exc)
-            self._error(ErrorCode.BAD_SYNC, str(exc), message.doc)
+            self._error(ErrorCode.QUOTA if exc.full else ErrorCode.BAD_SYNC, str(exc), message.doc)
+            # The valid part (if any) is accepted, and accept() answers it.
+            # Nothing more: an answer to a refusal would name the refused
+            # heads as needed, and the peer would send them again at once,
+            # forever (an honest peer with a full document would spin).
             self.hub.accept(live, exc.applied, self)
-            self.doc_changed(message.doc)
             return
         except CoreFailure as exc:
             # The core failed half-way: what it applied is not trusted. The
@@ -559,6 +550,10 @@ class PeerSession:
         for doc_id in message.docs:
             if not self._opened(doc_id, message.id):
                 return
+        if self._flushes_in_flight >= self.limits.max_flushes_in_flight:
+            self._error(ErrorCode.QUOTA, f"at most {self.limits.max_flushes_in_flight} flushes may wait at once", None, message.id)
+            return
+        self._flushes_in_flight += 1
         # The documents as they are now, while the flush is read: the answer
         # comes later, and the peer may `close` one of them meanwhile.
         docs = {doc_id: self._docs[doc_id][0] for doc_id in message.docs}
@@ -577,6 +572,12 @@ class PeerSession:
     @property
     def open_docs(self) -> list[str]:
         return list(self._docs)
+
+    @property
+    def client_key(self) -> str:
+        """Who quotas charge: the principal when an auth hook vouches for
+        it, else the client's address (a peer name is only a claim)."""
+        return quota_key(self.principal, self.address, self.identity_verified)
 
     # --- the outbox --------------------------------------------------------------------
 

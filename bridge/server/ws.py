@@ -36,14 +36,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..auth import Authenticate, AuthRequest, authenticate
 from ..config import Limits
 from ..core.outbox import Outbox, OutboxOverflow
-from ..errors import CloseCode, ProtocolError
+from ..errors import CloseCode, ProtocolError, QuotaExceeded
 from ..hub import DocNotFound, DocUnavailable, Hub
 from ..tasks import first_leaf
 from . import peer as p
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Authenticate", "PeerConnection", "Session", "SocketPump"]
+__all__ = ["Authenticate", "Session", "SocketPump"]
 
 
 class Session(Protocol):
@@ -69,13 +69,14 @@ class SocketPump:
         session: Session,
         hub: Hub,
         *,
-        max_frame_bytes: int,
+        limits: Limits,
         authenticate: Authenticate | None = None,
     ) -> None:
         self.ws = websocket
         self.session = session
         self.hub = hub
-        self.max_frame_bytes = max_frame_bytes
+        self.max_frame_bytes = limits.max_frame_bytes
+        self.send_timeout = limits.send_timeout
         self.authenticate = authenticate
         self._tg: anyio.abc.TaskGroup
         self._timers: dict[str, anyio.CancelScope] = {}
@@ -120,7 +121,9 @@ class SocketPump:
         if code != CloseCode.NORMAL:
             log.warning("peer %s session %s: closing %d %s", self.session.peer, self.session.session_id, code, reason)
         try:
-            await self.ws.close(code, reason[:120])
+            # Bounded: a peer that stopped reading may never take the close frame.
+            with anyio.move_on_after(self.send_timeout):
+                await self.ws.close(code, reason[:120])
         except Exception:
             pass  # the peer is already gone
 
@@ -151,8 +154,8 @@ class SocketPump:
                 await self._feed(p.Authenticated(principal))
             elif isinstance(effect, p.Subscribe):
                 try:
-                    live = await self.hub.subscribe(effect.doc_id, self.session)
-                except (DocNotFound, DocUnavailable) as exc:
+                    live = await self.hub.subscribe(effect.doc_id, self.session, creator=effect.creator)
+                except (DocNotFound, DocUnavailable, QuotaExceeded) as exc:
                     await self._feed(p.DocOpenFailed(effect.doc_id, exc))
                 else:
                     # No checkpoint between the subscription and the session
@@ -218,35 +221,20 @@ class SocketPump:
     # --- writing ------------------------------------------------------------
 
     async def _send_frame(self, frame: bytes) -> None:
+        # A peer that stops reading fills its socket buffer and the write
+        # waits: past send_timeout it is too slow, and it is the one closed.
         try:
-            async with self._send_lock:
-                await self.ws.send_bytes(frame)
+            with anyio.fail_after(self.send_timeout):
+                async with self._send_lock:
+                    await self.ws.send_bytes(frame)
         except OSError as exc:
             raise WebSocketDisconnect(1006) from exc
+        except TimeoutError:
+            raise ProtocolError(f"a frame waited {self.send_timeout} s for the socket; reconnect and resync",
+                                CloseCode.TOO_SLOW) from None
 
     async def _writer(self) -> None:
         try:
             await self.session.outbox.pump(self._send_frame, self.session.sync_frames)
         except OutboxOverflow:
             await self._feed(p.OutboxOverflowed())
-
-
-class PeerConnection:
-    """Protocol v1 on one WebSocket: a :class:`PeerSession` in a :class:`SocketPump`."""
-
-    def __init__(
-        self,
-        websocket: WebSocket,
-        hub: Hub,
-        *,
-        server_peer: str,
-        limits: Limits,
-        authenticate: Authenticate | None = None,
-    ) -> None:
-        self.session = p.PeerSession(hub, server_peer=server_peer, limits=limits)
-        self.pump = SocketPump(
-            websocket, self.session, hub, max_frame_bytes=limits.max_frame_bytes, authenticate=authenticate
-        )
-
-    async def serve(self) -> None:
-        await self.pump.serve()

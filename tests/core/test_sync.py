@@ -2,6 +2,7 @@
 
 from automerge import core
 
+from bridge.core.chunks import Bounds
 from bridge.core.sync import BadSyncMessage, DocSync, HashIndex
 
 
@@ -97,7 +98,7 @@ def test_changes_waiting_for_dependencies_are_bounded_and_dropped_past_the_bound
 
     server = core.Document()
     index = ChangeIndex.of(server)
-    sync = DocSync(server, index=lambda: index, max_waiting=3)
+    sync = DocSync(server, index=lambda: index, bounds=Bounds(max_waiting_changes=3))
     author = core.Document()
     edit(author, "root", 0)  # never sent: everything after it waits
     later = []

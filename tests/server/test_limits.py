@@ -22,7 +22,10 @@ from bridge.server.peer import Authenticated, Close, Connected, PeerSession, Pol
 from bridge.testing import serve_in_thread
 
 from ..rawpeer import RawPeer, text_doc
-from .test_peer import drain, frame, open_doc, running_hub
+from bridge.core.chunks import Bounds
+from bridge.server.peer import WaitDurable
+
+from .test_peer import answer_flush, drain, frame, open_doc, perform, running_hub, sync_until_quiet
 
 pytestmark = pytest.mark.anyio
 
@@ -241,3 +244,65 @@ async def test_a_flooder_is_closed_4429_while_a_bystander_keeps_syncing(server):
     assert flushed["docs"] == {"shared": doc.get_heads()}
     await bystander.send({"t": "bye"})
     assert await bystander.closed_with() == 1000
+
+
+# --- flushes in flight, documents created, documents full --------------------------
+
+
+async def test_flushes_in_flight_are_bounded_per_connection_and_free_again_when_answered():
+    async with running_hub() as hub:
+        session = session_on(hub, FakeClock(), max_flushes_in_flight=2, flush_timeout=0.05)
+        await open_doc(session, hub, "f")
+        unknown = {"f": [b"\x07" * 32]}  # heads nobody has: each waits until its timeout
+        [first] = session.handle(frame(t="flush", id=1, docs=unknown))
+        [second] = session.handle(frame(t="flush", id=2, docs=unknown))
+        assert session.handle(frame(t="flush", id=3, docs=unknown)) == []
+        [refused] = [f for f in await drain(session) if f["t"] == "error"]
+        assert (refused["code"], refused["id"]) == ("quota", 3) and "at most 2 flushes" in refused["msg"]
+        await answer_flush(session, first)
+        # One answered (timed out): room for one more, and the session lives.
+        [again] = session.handle(frame(t="flush", id=4, docs={"f": []}))
+        assert isinstance(again, WaitDurable) and session.state == PeerSession.OPEN
+        await answer_flush(session, second)
+        await answer_flush(session, again)
+        codes = [(f.get("code"), f.get("id")) for f in await drain(session) if f["t"] in ("error", "flushed")]
+        assert codes == [("flush_timeout", 1), ("flush_timeout", 2), (None, 4)]
+
+
+async def test_documents_created_per_hour_are_charged_to_the_client_and_the_rest_is_quota():
+    async with running_hub(docs_created_per_hour=2) as hub:
+        mallory = PeerSession(hub, server_peer="b", limits=Limits(), address="10.0.0.66")
+        alice = PeerSession(hub, server_peer="b", limits=Limits(), address="10.0.0.1")
+        for session in (mallory, alice):
+            session.handle(Connected())
+            session.handle(frame(t="hello", v=[1], peer="same-name"))
+            session.handle(Authenticated(Principal("same-name")))
+        for doc in ("m1", "m2", "m3"):
+            await perform(mallory, hub, mallory.handle(frame(t="open", doc=doc)))
+        errors = [(f["code"], f["doc"]) for f in await drain(mallory) if f["t"] == "error"]
+        assert errors == [("quota", "m3")], "the third new document in the hour is refused"
+        assert "m3" not in hub.loaded and mallory.state == PeerSession.OPEN
+        # Existing documents cost nothing, and another address has its own allowance.
+        await perform(mallory, hub, mallory.handle(frame(t="open", doc="m1")))
+        await perform(alice, hub, alice.handle(frame(t="open", doc="a1")))
+        await perform(alice, hub, alice.handle(frame(t="open", doc="m2")))
+        assert not [f for f in await drain(alice) if f["t"] == "error"]
+        assert sorted(alice.open_docs) == ["a1", "m2"]
+
+
+async def test_a_document_at_max_doc_ops_refuses_more_with_quota_and_keeps_what_it_has():
+    async with running_hub(bounds=Bounds(max_doc_ops=50)) as hub:
+        session = session_on(hub, FakeClock(), max_frames_per_second=None)
+        await open_doc(session, hub, "small")
+        writer = text_doc("x" * 40)  # 42 ops: fits
+        remote = DocSync(writer)
+        others = await sync_until_quiet(session, hub, "small", remote)
+        assert not [f for f in others if f["t"] == "error"]
+        with writer.transaction() as tx:
+            text = writer.get(core.ROOT, "text")[1]
+            tx.splice_text(text, 0, 0, "y" * 20)  # would make 62
+        others = await sync_until_quiet(session, hub, "small", remote)
+        [full] = [f for f in others if f["t"] == "error"]
+        assert full["code"] == "quota" and "document is full" in full["msg"]
+        assert core.extract(hub.loaded["small"].doc) == {"text": "x" * 40}
+        assert session.state == PeerSession.OPEN

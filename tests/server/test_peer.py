@@ -21,6 +21,7 @@ from bridge.core.binding import CoreFailure
 from bridge.core.outbox import OutboxOverflow
 from bridge.core.sync import DocSync
 from bridge.hub import DocNotFound, DocUnavailable, Hub
+from bridge.errors import QuotaExceeded
 from bridge.server import peer as p
 from bridge.server.peer import (
     HANDSHAKE,
@@ -112,8 +113,8 @@ async def perform(session: PeerSession, hub: Hub, effects: list) -> list:
     for effect in effects:
         if isinstance(effect, Subscribe):
             try:
-                live = await hub.subscribe(effect.doc_id, session)
-            except (DocNotFound, DocUnavailable) as exc:
+                live = await hub.subscribe(effect.doc_id, session, creator=effect.creator)
+            except (DocNotFound, DocUnavailable, QuotaExceeded) as exc:
                 rest += await perform(session, hub, session.handle(DocOpenFailed(effect.doc_id, exc)))
             else:
                 rest += await perform(session, hub, session.handle(DocOpened(effect.doc_id, live)))
@@ -169,8 +170,9 @@ async def test_handshake_ok():
         session = new_session(hub, handshake_timeout=3.0)
         assert session.handle(Connected()) == [StartTimer(HANDSHAKE, 3.0)]
         effects = session.handle(frame(t="hello", v=[1, 2], peer="alice", token="t0k", caps=[], shiny=True))
-        assert effects[0] == CancelTimer(HANDSHAKE)
-        assert isinstance(effects[1], Authenticate) and effects[1].hello.token == "t0k" and len(effects) == 2
+        # The handshake deadline keeps running through authentication.
+        [auth] = effects
+        assert isinstance(auth, Authenticate) and auth.hello.token == "t0k"
         assert session.state == PeerSession.AUTHENTICATING
 
         [send] = session.handle(Authenticated(Principal("alice@example")))
@@ -217,7 +219,23 @@ async def test_handshake_timeout_closes_4408():
     async with running_hub() as hub:
         session = new_session(hub)
         session.handle(Connected())
-        assert session.handle(TimerFired(HANDSHAKE)) == [Close(4408, "no hello in time")]
+        assert session.handle(TimerFired(HANDSHAKE)) == [Close(4408, "no handshake in time")]
+
+
+async def test_the_handshake_deadline_covers_authentication_and_traffic_does_not_extend_it():
+    async with running_hub() as hub:
+        session = new_session(hub)
+        session.handle(Connected())
+        session.handle(frame(t="hello", v=[1], peer="slow-auth"))  # the hook has not answered yet
+        assert session.handle(TimerFired(HANDSHAKE)) == [Close(4408, "no handshake in time")]
+
+
+async def test_a_first_frame_over_max_hello_bytes_closes_1009():
+    async with running_hub() as hub:
+        session = new_session(hub, max_hello_bytes=100)
+        session.handle(Connected())
+        [close] = session.handle(frame(t="hello", v=[1], peer="x" * 200))
+        assert close.code == 1009 and "exceeds 100" in close.reason
 
 
 async def test_frames_sent_during_authentication_wait_for_it():
@@ -227,7 +245,7 @@ async def test_frames_sent_during_authentication_wait_for_it():
         session.handle(frame(t="hello", v=[1], peer="eager"))
         assert session.handle(frame(t="open", doc="pipelined")) == [], "held while authenticating"
         effects = session.handle(Authenticated(Principal("eager")))
-        assert isinstance(effects[0], Send) and effects[1:] == [Subscribe("pipelined")]
+        assert isinstance(effects[0], Send) and effects[1:] == [Subscribe("pipelined", "address:?")]
 
 
 async def test_second_hello_closes_4400():
@@ -243,7 +261,7 @@ async def test_second_hello_closes_4400():
 async def test_open_subscribes_then_announces_durable_heads_and_syncs():
     async with running_hub() as hub:
         session = connected(hub)
-        assert session.handle(frame(t="open", doc="fresh")) == [Subscribe("fresh")]
+        assert session.handle(frame(t="open", doc="fresh")) == [Subscribe("fresh", "address:?")]
         live = await hub.subscribe("fresh", session)
         assert session.handle(DocOpened("fresh", live)) == []
         assert session in live.subscribers and session.open_docs == ["fresh"]
@@ -257,9 +275,9 @@ async def test_open_errors_are_doc_scoped():
         session = connected(hub, max_docs_per_connection=1)
         assert session.handle(frame(t="open", doc="bad id")) == []
         assert session.handle(frame(t="open", doc="")) == []
-        assert session.handle(frame(t="open", doc="missing")) == [Subscribe("missing")]
+        assert session.handle(frame(t="open", doc="missing")) == [Subscribe("missing", "address:?")]
         assert session.handle(DocOpenFailed("missing", DocNotFound("missing"))) == []
-        assert session.handle(frame(t="open", doc="broken")) == [Subscribe("broken")]
+        assert session.handle(frame(t="open", doc="broken")) == [Subscribe("broken", "address:?")]
         assert session.handle(DocOpenFailed("broken", DocUnavailable("broken"))) == []
         codes = [(f["code"], f.get("doc")) for f in await drain(session)]
         assert codes == [("bad_doc_id", "bad id"), ("bad_doc_id", ""), ("not_found", "missing"), ("unavailable", "broken")]
