@@ -145,6 +145,20 @@ def _or_off(convert: Callable[[str], Any]) -> Callable[[str], Any]:
 SWITCHABLE = frozenset(
     name for name, field_type in Limits.__annotations__.items() if "None" in str(field_type)
 )
+def shown_default(option: Option) -> str:
+    """A limit's default as the README's limits table writes it."""
+    value, unit = option.default, option.metavar or ""
+    if value is None:
+        return "off"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if unit == "BYTES" and value % 1024 == 0:
+        return f"{value // (1024 * 1024)} MiB" if value % (1024 * 1024) == 0 else f"{value // 1024} KiB"
+    if unit == "SECONDS":
+        return f"{value} s"
+    return f"{value:,}" if value >= 10_000 else str(value)
+
+
 LIMIT_OPTIONS = tuple(_limit_option(*knob) for knob in knobs(Limits))
 BOUND_OPTIONS = tuple(_limit_option(*knob) for knob in knobs(Bounds))
 
@@ -254,7 +268,7 @@ def run_serve(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> None
     # Imported here so that --help and --version stay quick.
     import uvicorn
 
-    from .server.app import create_app
+    from .server.app import create_app, uvicorn_options
     from .storage import StoreCorrupt, StoreLocked, open_store
     from .storage.sqlite import SchemaTooNew, SQLiteStore
 
@@ -292,11 +306,7 @@ def run_serve(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> None
         port=args.port,
         log_level=args.log_level,
         forwarded_allow_ips=args.forwarded_allow_ips,
-        # Let frames up to our own limit through, so that *we* answer a larger
-        # one with close 1009 and a log line (uvicorn would close silently).
-        ws_max_size=args.max_frame_bytes * 2 + 1024,
-        ws_ping_interval=20,
-        ws_ping_timeout=20,
+        **uvicorn_options(limits),
     )
 
 

@@ -30,6 +30,8 @@ document never changes between two statements without an ``await``.
 from __future__ import annotations
 
 import logging
+
+from .logs import get_logger
 import time
 from typing import Iterable, Protocol
 
@@ -46,7 +48,7 @@ from .errors import QuotaExceeded
 from .storage import AppendChanges, Compact, Store, StoredDoc
 from .storage.batcher import GroupCommit
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class DocNotFound(LookupError):

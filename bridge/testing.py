@@ -50,7 +50,10 @@ class RunningBridge:
 
 
 def _config(app: Starlette, port: int = 0) -> uvicorn.Config:
-    return uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws_max_size=64 * 1024 * 1024)
+    from .server.app import uvicorn_options
+
+    options = uvicorn_options(getattr(app.state, "limits", None))
+    return uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options)
 
 
 def _port(server: uvicorn.Server) -> int:

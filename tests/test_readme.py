@@ -62,3 +62,16 @@ def test_lifespan_example(tmp_path, monkeypatch):
         namespace["bridge_app"].state.hub.subscribe  # noqa: B018 - before start-up
     with serve_in_thread(namespace["app"]) as running:
         assert httpx.get(f"{running.http_url}/bridge/docs/settings").json() == {"started": True}
+
+
+def test_the_readme_lists_every_limit_with_its_default_flag_and_variable():
+    from bridge.cli import BOUND_OPTIONS, LIMIT_OPTIONS, shown_default
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {line.split("`")[1]: line for line in readme.splitlines() if line.startswith("| ") and "`--" in line}
+    for option in LIMIT_OPTIONS + BOUND_OPTIONS:
+        assert option.flag in rows, f"{option.flag} is missing from the README's limits table"
+        row = rows[option.flag]
+        assert f"`{option.env}`" in row
+        assert row.split(" | ")[1] == shown_default(option), f"{option.flag}: the README's default is stale"
+        assert option.help.split(" [env")[0] in row, f"{option.flag}: the README's text differs from --help"

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+
+from ..logs import get_logger
 import secrets
 from pathlib import Path
 from typing import AsyncIterator
@@ -30,12 +32,15 @@ from ..core.chunks import Bounds
 from ..config import Limits
 from ..auth import Authenticate
 from .peer import PeerSession
+from .admission import Admission, Refusal
+from .deadlines import header_timeout_protocol
 from .ws import SocketPump
+from ..errors import CloseCode
 from .http import doc_routes, error
 from ..hub import Hub
 from ..storage import Store, open_store
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def _find_web_dist() -> Path:
@@ -78,6 +83,7 @@ def create_app(
         store = open_store(store)
     limits = limits or Limits()
     server_peer = f"bridge-{secrets.token_hex(4)}"
+    admission = Admission(limits)
 
     @contextlib.asynccontextmanager
     async def lifespan(parent: Starlette) -> AsyncIterator[None]:
@@ -90,10 +96,19 @@ def create_app(
             compact_after=compact_after,
             create_on_open=create_on_open,
             bounds=bounds,
+            docs_created_per_hour=limits.docs_created_per_hour,
         )
+        from .resources import FdMonitor
+
+        # Out of file descriptors: one clear warning (not asyncio's traceback
+        # per failed accept, nor uvloop's silence) and a /healthz problem.
+        fd_monitor = FdMonitor()
+        fd_monitor.install()
+        app.state.fd_monitor = parent.state.fd_monitor = fd_monitor
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(hub.run)
+                tg.start_soon(fd_monitor.watch)
                 app.state.hub = parent.state.hub = hub
                 try:
                     yield
@@ -104,18 +119,45 @@ def create_app(
                         await hub.drain()
                     tg.cancel_scope.cancel()
         finally:
+            fd_monitor.uninstall()
             await store.close()
 
     async def sync_endpoint(websocket: WebSocket) -> None:
         hub: Hub = app.state.hub
-        session = PeerSession(hub, server_peer=server_peer, limits=limits)
-        pump = SocketPump(websocket, session, hub, max_frame_bytes=limits.max_frame_bytes, authenticate=authenticate)
-        await pump.serve()
+        address = websocket.client.host if websocket.client else "?"
+        ticket = admission.admit(address)
+        if isinstance(ticket, Refusal):
+            log.warning("refused a connection from %s: %s", address, ticket.reason)
+            await websocket.accept()
+            await websocket.close(CloseCode.RATE_LIMITED, f"retry after {ticket.retry_after} s: {ticket.reason}"[:120])
+            return
+        try:
+            session = PeerSession(
+                hub, server_peer=server_peer, limits=limits, address=address,
+                identity_verified=authenticate is not None,
+            )
+            session.on_welcome = ticket.welcomed
+            pump = SocketPump(websocket, session, hub, limits=limits, authenticate=authenticate)
+            await pump.serve()
+        finally:
+            ticket.release()
 
     async def healthz(request: Request) -> Response:
         hub: Hub = app.state.hub
         health = hub.health()
-        body = {**health, "peer": server_peer, "loaded_docs": len(hub.loaded), "commits": hub.writer.commits}
+        body = {
+            **health, "peer": server_peer, "loaded_docs": len(hub.loaded), "commits": hub.writer.commits,
+            "connections": admission.snapshot(),
+        }
+        fd_monitor = app.state.fd_monitor
+        body["fds"] = fds = fd_monitor.snapshot()
+        fd_problem = fd_monitor.problem(fds)
+        if fd_problem is not None:
+            # Never "failing" (503) for this: a node that ran out of
+            # descriptors still saves; the operator must see it all the same.
+            body["problems"] = [*body["problems"], fd_problem]
+            if body["status"] == "ok":
+                body["status"] = "degraded"
         # 503 only when saving is failing: one degraded document is reported
         # but must not take the whole node out of a load balancer.
         return JSONResponse(body, status_code=503 if health["status"] == "failing" else 200)
@@ -134,7 +176,22 @@ def create_app(
     routes += _web_routes(Path(web_dir)) if web_dir else []
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.hub = NotStarted()
+    app.state.limits = limits
     return app
+
+
+def uvicorn_options(limits: Limits | None = None) -> dict:
+    """What uvicorn needs to serve the bridge within ``limits``: the HTTP
+    header deadline, frames up to our own limit (so that *we* answer a
+    larger one with close 1009 and a log line: uvicorn would close
+    silently), and pings that find dead peers."""
+    limits = limits or Limits()
+    return {
+        "http": header_timeout_protocol(limits.header_timeout),
+        "ws_max_size": limits.max_frame_bytes * 2 + 1024,
+        "ws_ping_interval": 20,
+        "ws_ping_timeout": 20,
+    }
 
 
 class NotStarted:

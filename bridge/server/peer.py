@@ -61,6 +61,8 @@ escapes ``handle`` is a bug of the bridge, and the pump closes with 1011.
 from __future__ import annotations
 
 import logging
+
+from ..logs import get_logger
 import secrets
 import time
 from collections import deque
@@ -77,7 +79,7 @@ from ..errors import CloseCode, ErrorCode, ProtocolError, QuotaExceeded
 from ..hub import DocNotFound, DocUnavailable, Hub, LiveDoc
 from ..protocol import native as m
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 HANDSHAKE = "handshake"  # timer: no hello in time
 SAVED = "saved"  # timer: send the coalesced `saved` heads of others' commits

@@ -28,6 +28,8 @@ Close codes: the session's ``Close``; a fatal frame (text: 4400, too big:
 from __future__ import annotations
 
 import logging
+
+from ..logs import get_logger
 from typing import Callable, Protocol
 
 import anyio
@@ -41,7 +43,7 @@ from ..hub import DocNotFound, DocUnavailable, Hub
 from ..tasks import first_leaf
 from . import peer as p
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 __all__ = ["Authenticate", "Session", "SocketPump"]
 

@@ -19,6 +19,8 @@ and the batch is retried whole.
 from __future__ import annotations
 
 import logging
+
+from ..logs import get_logger
 import time
 from typing import Callable
 
@@ -26,7 +28,7 @@ import anyio
 
 from . import Store, Write
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 OnDurable = Callable[[], None]
 
