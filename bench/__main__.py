@@ -16,11 +16,11 @@ import time
 import traceback
 from pathlib import Path
 
-from . import catchup, durable, guard, manydocs, profile, servers, throughput, typing_live, wire
+from . import catchup, durable, guard, limits, manydocs, profile, servers, throughput, typing_live, wire
 from .machine import Load
 from .report import Table, render, write_json
 
-SCENARIOS = ["throughput", "durable", "catchup", "typing", "manydocs", "wire", "guard"]
+SCENARIOS = ["throughput", "durable", "catchup", "typing", "manydocs", "wire", "guard", "limits"]
 
 
 def _run(name: str, quick: bool, profile_dir: Path | None) -> Table:
@@ -36,6 +36,8 @@ def _run(name: str, quick: bool, profile_dir: Path | None) -> Table:
         return manydocs.run(quick, profile_dir=profile_dir)
     if name == "guard":
         return guard.run(quick)
+    if name == "limits":
+        return limits.run(quick)
     return wire.run(quick)
 
 
