@@ -38,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
@@ -103,6 +104,7 @@ class _FloodStats:
     failed: list = field(default_factory=list)  # connection attempts that failed, by exception
     per_connection: list = field(default_factory=list)
     document_frames: int = 0  # sync frames carrying a document chunk (the whole document)
+    errors: Counter = field(default_factory=Counter)  # error frames received, by code
 
 
 async def _flood_forever(kind: str, url: str, doc_id: str, stats: _FloodStats) -> None:
@@ -130,11 +132,12 @@ async def _flood_forever(kind: str, url: str, doc_id: str, stats: _FloodStats) -
 
     async def read(ws) -> None:
         async for frame in ws:
-            if kind == "sync" and isinstance(frame, bytes):
-                message = m.decode_server(frame)
-                if isinstance(message, m.Sync):
-                    with contextlib.suppress(Exception):
-                        sync.receive(message.data)
+            message = m.decode_server(frame)
+            if isinstance(message, m.Error):
+                stats.errors[message.code] += 1
+            elif kind == "sync" and isinstance(message, m.Sync):
+                with contextlib.suppress(Exception):
+                    sync.receive(message.data)
 
     while True:
         stats.attempts += 1
@@ -209,7 +212,7 @@ async def _flood(kind: str, url: str, doc_id: str, max_seconds: float) -> dict:
         "reasons": {str(k): v for k, v in stats.reasons.items()}, "failed": len(stats.failed),
         "failed_sample": stats.failed[:3],
         "frames_per_connection": statistics.median(stats.per_connection) if stats.per_connection else 0,
-        "document_frames": stats.document_frames,
+        "document_frames": stats.document_frames, "errors": dict(stats.errors),
     }
 
 
@@ -400,8 +403,13 @@ def run_flood(quick: bool) -> Table:
                    "bystanders closed", "server CPU % without", "server CPU % with"])
     reasons, undelivered = {}, []
     for kind, label in ATTACKS.items():
-        with servers.bridge(extra_args=SERVER_ARGS) as server:
-            r = anyio.run(_flood_phase, server, kind, edits, bound, timeout)
+        try:
+            with servers.bridge(extra_args=SERVER_ARGS) as server:
+                r = anyio.run(_flood_phase, server, kind, edits, bound, timeout)
+        except Exception as exc:  # one broken attack must not lose the others
+            traceback.print_exc()
+            table.add(label, *[None] * 2, f"FAILED: {type(exc).__name__}: {exc}"[:120], *[None] * 10)
+            continue
         if r["flooder"].get("document_frames"):
             table.note(f"{kind}: {r['flooder']['document_frames']:,} of the flooder's sync frames carried the whole "
                        f"document as a document chunk (Automerge does that while it believes the server's copy is "
@@ -426,8 +434,10 @@ def run_flood(quick: bool) -> Table:
             table.note(f"{kind}: {flooder['failed']} flooder connection attempts failed, e.g. {flooder['failed_sample'][0]}")
         if r["said"]:
             table.note(f"{kind}: the bystanders' client said: {'; '.join(r['said'][:3])}")
+        errors = f"; error frames it got: {_codes(flooder['errors'])}" if flooder.get("errors") else ""
         table.note(f"{kind}: the flooder wrote {flooder['frames']:,} frames in {flooder['seconds']:.1f} s over "
-                   f"{flooder['connections']} sessions, median {flooder['frames_per_connection']:,.0f} frames per session")
+                   f"{flooder['connections']} sessions, median {flooder['frames_per_connection']:,.0f} frames per "
+                   f"session{errors}")
     table.note("flooder frames/s = frames it wrote to its socket (frames after the server decided to close it are "
                "never handled); sessions = welcomed connections; it reconnects at once, ignoring the retry delay")
     for code, reason in sorted(reasons.items()):
@@ -652,8 +662,13 @@ def run_inputs(quick: bool) -> Table:
                    "RSS after MB", "bystander p50 ms", "bystander max ms", "bystanders closed"])
     settle = 3.0 if quick else 8.0
     for n, item in enumerate(build_inputs(), start=1):
-        with servers.bridge(extra_args=SERVER_ARGS) as server:
-            r = anyio.run(_input_phase, server, item, f"limits-input-{n}", settle)
+        try:
+            with servers.bridge(extra_args=SERVER_ARGS) as server:
+                r = anyio.run(_input_phase, server, item, f"limits-input-{n}", settle)
+        except Exception as exc:  # one broken input must not lose the others
+            traceback.print_exc()
+            table.add(item.name, item.frame_bytes, f"FAILED: {type(exc).__name__}: {exc}"[:120], *[None] * 7)
+            continue
         closed = f"YES ({r['reconnects']} reconnects)" if r["reconnects"] else "no"
         table.add(item.name, item.frame_bytes, r["got"], r["seconds"] * 1000, r["before"], r["peak"],
                   r["after"] if r["settled"] else f"{r['after']:.1f} (not settled)", r["quiet_p50"], r["stall"],
@@ -689,8 +704,6 @@ def run(quick: bool) -> Table:
         try:
             flood = run_flood(quick)
         except Exception as exc:  # one broken part must not lose the other
-            import traceback
-
             traceback.print_exc()
             flood = Table("limits-flood", "FAILED", ["error"], [[f"{type(exc).__name__}: {exc}"[:300]]])
     flood.note(load.summary())
