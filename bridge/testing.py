@@ -49,10 +49,10 @@ class RunningBridge:
         return f"ws://{self.host}:{self.port}/sync"
 
 
-def _config(app: Starlette, port: int = 0) -> uvicorn.Config:
+def _config(app: Starlette, port: int = 0, **overrides) -> uvicorn.Config:
     from .server.app import uvicorn_options
 
-    options = uvicorn_options(getattr(app.state, "limits", None))
+    options = {**uvicorn_options(getattr(app.state, "limits", None)), **overrides}
     return uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options)
 
 
@@ -61,10 +61,13 @@ def _port(server: uvicorn.Server) -> int:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Starlette, *, port: int = 0, startup_timeout: float = 20.0) -> Iterator[RunningBridge]:
+def serve_in_thread(
+    app: Starlette, *, port: int = 0, startup_timeout: float = 20.0, **uvicorn_overrides
+) -> Iterator[RunningBridge]:
     """Run ``app`` under uvicorn on 127.0.0.1, a free port (unless given), in
-    its own thread and event loop (so clients on trio or another loop can use it)."""
-    server = uvicorn.Server(_config(app, port))
+    its own thread and event loop (so clients on trio or another loop can use it).
+    ``uvicorn_overrides`` replace uvicorn settings (e.g. ``http=``)."""
+    server = uvicorn.Server(_config(app, port, **uvicorn_overrides))
     thread = threading.Thread(target=server.run, name="bridge-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout

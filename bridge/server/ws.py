@@ -231,6 +231,12 @@ class SocketPump:
                     await self.ws.send_bytes(frame)
         except OSError as exc:
             raise WebSocketDisconnect(1006) from exc
+        except RuntimeError as exc:
+            # uvicorn answers a peer's close frame itself; a send racing it
+            # is refused with this RuntimeError. The peer left: not a bug.
+            if str(exc).startswith("Unexpected ASGI message 'websocket.send'"):
+                raise WebSocketDisconnect(1006) from exc
+            raise
         except TimeoutError:
             raise ProtocolError(f"a frame waited {self.send_timeout} s for the socket; reconnect and resync",
                                 CloseCode.TOO_SLOW) from None

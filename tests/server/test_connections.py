@@ -12,7 +12,6 @@ import socket
 import anyio
 import msgspec
 import pytest
-import uvicorn
 import websockets
 from automerge import core
 
@@ -60,12 +59,8 @@ async def _closed_by_server(sock: socket.socket, trickle: bytes = b"", timeout: 
 @pytest.mark.parametrize("protocol", ["httptools", "h11"])
 async def test_slow_or_silent_request_headers_are_cut_off_at_the_header_timeout(tmp_path, protocol):
     app = _app(tmp_path, header_timeout=0.5)
-    if protocol == "h11":
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", http=_h11_protocol(0.5))
-        running = _serve_config(config)
-    else:
-        running = serve_in_thread(app)
-    with running as server:
+    overrides = {"http": _h11_protocol(0.5)} if protocol == "h11" else {}
+    with serve_in_thread(app, **overrides) as server:
         silent = socket.create_connection(("127.0.0.1", server.port))
         trickler = socket.create_connection(("127.0.0.1", server.port))
         # Bytes that never complete the headers do not extend the deadline.
@@ -76,31 +71,6 @@ async def test_slow_or_silent_request_headers_are_cut_off_at_the_header_timeout(
         peer = await RawPeer.connect(server.ws_url, peer="fine")
         await peer.sync_doc("d", text_doc("still served"))
         await peer.ws.close()
-
-
-def _serve_config(config: uvicorn.Config):
-    import contextlib
-    import threading
-    import time
-
-    from bridge.testing import RunningBridge
-
-    @contextlib.contextmanager
-    def running():
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-        try:
-            yield RunningBridge("127.0.0.1", server.servers[0].sockets[0].getsockname()[1])
-        finally:
-            server.should_exit = True
-            thread.join(30)
-
-    return running()
 
 
 def test_the_header_protocol_is_uvicorns_own_with_a_deadline():
@@ -253,3 +223,17 @@ async def test_a_peer_that_stops_reading_is_dropped_and_the_writer_keeps_converg
             tx.splice_text(doc.get(core.ROOT, "text")[1], 0, 0, "after")
         await writer.sync_doc("big", doc)
         stalled.close()
+
+
+async def test_a_send_racing_the_peers_close_is_a_disconnect_not_an_internal_error():
+    from starlette.websockets import WebSocketDisconnect
+
+    from bridge.server.ws import SocketPump
+
+    class ClosedByPeer:
+        async def send_bytes(self, data: bytes) -> None:
+            raise RuntimeError("Unexpected ASGI message 'websocket.send', after sending 'websocket.close'.")
+
+    pump = SocketPump(ClosedByPeer(), session=None, hub=None, limits=Limits())  # type: ignore[arg-type]
+    with pytest.raises(WebSocketDisconnect):
+        await pump._send_frame(b"frame")
