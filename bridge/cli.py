@@ -125,7 +125,7 @@ class Option:
 def _limit_option(name: str, default: Any, help: str, unit: str) -> Option:
     """A flag for a field of Limits or Bounds: positive numbers, and ``off``
     for the limits that can be switched off (default None or declared so)."""
-    convert = _positive_float if unit in ("SECONDS", "RATE") else _positive_int
+    convert = _positive_float if unit in ("SECONDS", "RATE", "FRACTION") else _positive_int
     switchable = name in SWITCHABLE
     if switchable:
         convert = _or_off(convert)

@@ -49,7 +49,14 @@ class Limits:
     per second. A peer over either bucket is closed with 4429 and the reason
     ``"retry after N s: over ..."``, where N (whole seconds, at least 1) is
     the time its emptied bucket takes to refill; both clients wait that long
-    before they reconnect.
+    before they reconnect. The buckets outlive the connection: a client's
+    next connection starts where its last one left off, so reconnecting does
+    not reset them (:class:`~bridge.core.ratelimit.ClientLedger`).
+
+    Loop share: each client (its address, or its principal when identities
+    are verified) may take ``max_loop_share`` of the event loop's time while
+    other clients are connected (``loop_burst`` seconds saved up); past it
+    its reads pause, which slows it down without closing it.
     """
 
     # --- frames and what a connection may hold ---------------------------------
@@ -67,11 +74,17 @@ class Limits:
         64 * MiB, "bytes queued for a peer that does not read; more closes it with 4409", "BYTES")
     # --- rate limits (see the class docstring) ------------------------------------
     max_frames_per_second: float | None = knob(
-        200.0, "frames/s one connection may send (token bucket); over it: close 4429 with a retry delay", "RATE")
+        200.0, "frames/s one connection may send (token bucket, kept across the client's reconnects); over it: "
+        "close 4429 with a retry delay", "RATE")
     frame_burst: int = knob(400, "frames one connection may send at once above its rate", "COUNT")
     max_bytes_per_second: float | None = knob(
-        4 * MiB, "bytes/s one connection may send (token bucket); over it: close 4429 with a retry delay", "RATE")
+        4 * MiB, "bytes/s one connection may send (token bucket, kept across the client's reconnects); over it: "
+        "close 4429 with a retry delay", "RATE")
     byte_burst: int = knob(16 * MiB, "bytes one connection may send at once above its rate", "BYTES")
+    max_loop_share: float | None = knob(
+        0.5, "share of the event loop one client's frames may take while other clients are connected; "
+        "past it, its reads pause", "FRACTION")
+    loop_burst: float = knob(0.5, "seconds of event-loop time one client may take at once above its share", "SECONDS")
     # --- connections -------------------------------------------------------------
     max_connections: int | None = knob(
         10_000, "WebSocket connections in all; more are closed with 4429 and a retry delay", "COUNT")

@@ -429,7 +429,7 @@ class Hub:
         and accepted all the same).
         """
         try:
-            incoming = expand_chunks(data, self.bounds)
+            incoming = expand_chunks(data, self.bounds, live.index.hashes, live.doc.get_heads())
         except ChunkError as exc:
             raise ValueError(f"not acceptable Automerge data: {exc}") from None
         planned = plan(live.index, incoming, max_doc_ops=self.bounds.max_doc_ops)

@@ -15,8 +15,14 @@ class RawPeer:
         self.ws = ws
 
     @classmethod
-    async def connect(cls, url: str, *, hello: bool = True, peer: str = "raw") -> "RawPeer":
-        ws = await websockets.connect(url, max_size=None)
+    async def connect(cls, url: str, *, hello: bool = True, peer: str = "raw", address: str | None = None) -> "RawPeer":
+        """``address``: connect from this local address (127.0.0.x), as
+        another client would: the bridge's per-client limits go by address."""
+        # max_queue=None: take in whatever the server sends even while the
+        # test is not reading (a flooder), so that a close is always seen;
+        # with a bounded queue websockets stops reading the socket, and a
+        # send after the server's close waits out the close timeout.
+        ws = await websockets.connect(url, max_size=None, max_queue=None, local_addr=(address, 0) if address else None)
         self = cls(ws)
         if hello:
             await self.send({"t": "hello", "v": [1], "peer": peer, "caps": []})

@@ -93,8 +93,8 @@ async def test_flooders_are_closed_4429_and_bystanders_never(bridge, baseline):
     bystander = await RawPeer.connect(bridge.ws_url, peer="bystander")
     await bystander.sync_doc("flood", text_doc("watching"))
     codes = []
-    for kind in ("eph", "sync", "flush"):
-        flooder = await RawPeer.connect(bridge.ws_url, peer=f"{kind}-flooder")
+    for n, kind in enumerate(("eph", "sync", "flush")):
+        flooder = await RawPeer.connect(bridge.ws_url, peer=f"{kind}-flooder", address=f"127.0.0.{10 + n}")
         await flooder.sync_doc("flood", core.Document())
         frame = {
             "eph": {"t": "eph", "doc": "flood", "data": b"cursor"},
@@ -113,6 +113,31 @@ async def test_flooders_are_closed_4429_and_bystanders_never(bridge, baseline):
     await converge(bridge, "flood")
     await bystander.send({"t": "flush", "id": 7, "docs": {"flood": []}})
     assert (await bystander.recv_until(lambda f: f["t"] == "flushed"))["id"] == 7
+
+
+async def test_a_flooder_that_reconnects_at_once_is_closed_at_its_welcome_until_it_waits(bridge, baseline):
+    """Reconnecting does not refill the buckets: they belong to the client."""
+    address = "127.0.0.20"
+    flooder = await RawPeer.connect(bridge.ws_url, peer="reconnecter", address=address)
+    with anyio.fail_after(20):
+        try:
+            for _ in range(400):
+                await flooder.send({"t": "eph", "doc": "nowhere", "data": b"."})
+        except websockets.ConnectionClosed:
+            pass
+    assert await flooder.closed_with() == 4429
+    retry = float(flooder.ws.close_reason.split()[2])
+    again = await RawPeer.connect(bridge.ws_url, hello=False, address=address)
+    await again.send({"t": "hello", "v": [1], "peer": "reconnecter", "caps": []})
+    assert await again.closed_with() == 4429, "no welcome while the client still owes"
+    assert again.ws.close_reason.startswith("retry after ")
+    # A bystander from its own address is welcomed meanwhile, and so is the
+    # flooder once it has waited the delay it was given.
+    await converge(bridge, "flood")
+    await anyio.sleep(retry)
+    back = await RawPeer.connect(bridge.ws_url, peer="reconnecter", address=address)
+    await back.send({"t": "bye"})
+    assert await back.closed_with() == 1000
 
 
 async def test_flushes_waiting_at_once_are_bounded_per_connection(bridge, baseline):

@@ -37,9 +37,10 @@ def honest_change(doc: core.Document, key: str, value: int) -> core.Change:
     return doc.get_last_local_change()
 
 
-async def attacker_on(bridge: RunningBridge, doc_id: str) -> tuple[RawPeer, core.Document]:
-    """An anonymous raw peer that has synced ``doc_id`` (so it knows its heads)."""
-    peer = await RawPeer.connect(bridge.ws_url, peer="mallory")
+async def attacker_on(bridge: RunningBridge, doc_id: str, address: str = "127.0.0.66") -> tuple[RawPeer, core.Document]:
+    """An anonymous raw peer that has synced ``doc_id`` (so it knows its
+    heads), from an address of its own: what it owes is not the bystanders'."""
+    peer = await RawPeer.connect(bridge.ws_url, peer="mallory", address=address)
     doc = core.Document()
     await peer.sync_doc(doc_id, doc)
     return peer, doc

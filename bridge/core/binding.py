@@ -9,7 +9,7 @@ task down with it. Every call whose input came from outside goes through
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Callable, Container, Iterable, TypeVar
 
 from automerge import core
 
@@ -34,16 +34,31 @@ def call_core(fn: Callable[..., T], *args) -> T:
         raise CoreFailure(f"{type(exc).__name__}: {exc}"[:500]) from exc
 
 
-def expand_chunks(data: bytes, bounds: Bounds) -> list[Change]:
-    """Every change in a buffer of chunks. A document chunk is loaded into a
-    scratch document (never the shared one) and taken apart into its changes,
-    each of which is then read like any other. Raises ChunkError."""
+def expand_chunks(
+    data: bytes, bounds: Bounds, known: Container[bytes] = frozenset(), heads: Iterable[bytes] = ()
+) -> list[Change]:
+    """Every change in a buffer of chunks that may be new to a document that
+    holds the changes ``known`` (hashes), whose heads are ``heads``. Raises
+    ChunkError.
+
+    A document chunk is loaded into a scratch document (never the shared
+    one) and taken apart into its changes, each of which is then read like
+    any other. Automerge sends the whole document this way while it believes
+    the other side has nothing, so a chunk often repeats what we hold: one
+    whose heads are all known holds nothing new and is skipped unread, and
+    of the others only the changes past the known heads they share are read
+    (``get_changes`` ignores hashes the scratch document lacks; a change
+    outside the closure of known hashes is not known). Which changes are
+    applied is still decided change by change afterwards."""
     changes: list[Change] = []
     for chunk in split_chunks(data, bounds):
         if isinstance(chunk, DocumentChunk):
+            if chunk.heads and all(h in known for h in chunk.heads):
+                continue
+            since = sorted({*heads, *(h for h in chunk.heads if h in known)})
             try:
                 scratch = call_core(core.Document.load, chunk.chunk)
-                inner = call_core(scratch.get_changes, [])
+                inner = call_core(scratch.get_changes, since)
             except CoreFailure as exc:
                 raise ChunkError(f"document chunk does not load: {exc}") from None
             for change in inner:

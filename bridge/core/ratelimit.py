@@ -1,19 +1,29 @@
-"""Token buckets, sans-IO: the caller passes the time.
+"""Token buckets and what each client may spend, sans-IO: the caller passes
+the time (any monotonic clock, in seconds).
 
-One bucket per connection limits the frames and bytes a peer sends
-(:mod:`bridge.server.peer`); one per client limits the documents it creates
-(:class:`KeyedBuckets`, used by the hub).
+- :class:`TokenBucket`: ``rate`` tokens per second, ``burst`` saved up.
+- :class:`KeyedBuckets`: one bucket per key (documents created per client,
+  used by the hub; log lines per template, used by :mod:`bridge.logs`).
+- :class:`ClientLedger`: what each client's connections may send (frames and
+  bytes) and how much of the event loop they may take, kept across
+  reconnects (used by :mod:`bridge.server.peer`).
 """
 
 from __future__ import annotations
 
 import math
 
+# Maps keyed by client forget entries that hold no information (full
+# buckets) once they grow past this, so memory follows the clients active
+# within one refill period, not every client ever seen.
+PRUNE_ABOVE = 10_000
+
 
 class TokenBucket:
     """``rate`` tokens per second, at most ``burst`` saved up; starts full.
 
-    Sans-IO: the caller passes the time (any monotonic clock, in seconds)."""
+    :meth:`take` refuses what is not there; :meth:`spend` charges a cost only
+    known afterwards (time already spent) and may leave the bucket in debt."""
 
     __slots__ = ("rate", "burst", "tokens", "stamp")
 
@@ -25,24 +35,33 @@ class TokenBucket:
         self.tokens = float(burst)
         self.stamp: float | None = None
 
-    def _refill(self, now: float) -> None:
+    def refill(self, now: float) -> float:
+        """Add what accrued since the last call; return the tokens there are."""
         if self.stamp is not None and now > self.stamp:
             self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         if self.stamp is None or now > self.stamp:
             self.stamp = now
+        return self.tokens
 
     def take(self, cost: float, now: float) -> bool:
         """Spend ``cost`` tokens (at most the whole burst); False if there are not enough."""
-        self._refill(now)
         cost = min(float(cost), self.burst)
-        if cost > self.tokens:
+        if cost > self.refill(now):
             return False
         self.tokens -= cost
         return True
 
+    def spend(self, cost: float, now: float) -> None:
+        self.refill(now)
+        self.tokens -= cost
+
+    def debt_seconds(self, now: float) -> float:
+        """How long until the bucket is out of debt (0 if it is not)."""
+        tokens = self.refill(now)
+        return 0.0 if tokens >= 0 else -tokens / self.rate
+
     def full(self, now: float) -> bool:
-        self._refill(now)
-        return self.tokens >= self.burst
+        return self.refill(now) >= self.burst
 
     def seconds_until(self, cost: float) -> int:
         """Whole seconds until ``cost`` tokens are there again (at least 1)."""
@@ -56,30 +75,163 @@ class TokenBucket:
 
 class KeyedBuckets:
     """One bucket per key (a client address, a principal), created full on
-    first use. Buckets that have filled up again hold no information and are
-    dropped when the map grows, so memory follows the clients active within
-    one refill period, not every client ever seen."""
+    first use; full buckets are dropped when the map grows past PRUNE_ABOVE."""
 
-    def __init__(self, rate: float, burst: float, *, prune_above: int = 10_000) -> None:
+    def __init__(self, rate: float, burst: float, *, prune_above: int = PRUNE_ABOVE) -> None:
         self.rate, self.burst = rate, burst
         self.prune_above = prune_above
         self._buckets: dict[str, TokenBucket] = {}
 
-    def take(self, key: str, now: float, cost: float = 1) -> bool:
+    def bucket(self, key: str, now: float) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self.prune_above:
-                self._prune(now)
+                for full in [k for k, b in self._buckets.items() if b.full(now)]:
+                    del self._buckets[full]
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
-        return bucket.take(cost, now)
+        return bucket
+
+    def take(self, key: str, now: float, cost: float = 1) -> bool:
+        return self.bucket(key, now).take(cost, now)
 
     def retry_after(self, key: str) -> int:
         bucket = self._buckets.get(key)
         return 1 if bucket is None else bucket.seconds_until(1)
 
-    def _prune(self, now: float) -> None:
-        for key in [k for k, b in self._buckets.items() if b.full(now)]:
-            del self._buckets[key]
-
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class Allowance:
+    """One connection's frame and byte buckets (None: that limit is off)."""
+
+    __slots__ = ("frames", "bytes")
+
+    def __init__(self, frames: TokenBucket | None = None, bytes_: TokenBucket | None = None) -> None:
+        self.frames = frames
+        self.bytes = bytes_
+
+    def full(self, now: float) -> bool:
+        return all(b is None or b.full(now) for b in (self.frames, self.bytes))
+
+
+class ClientLedger:
+    """What each client may still spend, shared by its connections and kept
+    across reconnects. A client is a key: its address, or its principal when
+    an auth hook vouches for identities (:func:`bridge.auth.quota_key`).
+
+    - **Frames and bytes** are limited per connection (``frames`` and
+      ``bytes_`` are ``(rate, burst)``), but a connection's buckets outlive
+      it: the client's next connection starts from the emptiest bucket its
+      ended connections left (refilled for the time since). A peer closed
+      for flooding cannot reset its allowance by reconnecting; one that waits
+      the retry delay finds it full again.
+    - **Loop time** (``loop`` is ``(share, burst)``): the event loop is what
+      every peer shares, and the Automerge core holds it while it works. Each
+      client may take ``share`` seconds of handling per second, ``burst``
+      saved up; over it, its connections' reads pause until it is back in
+      credit. Work-conserving: a share applies only while another client is
+      connected, so a lone busy client (a bulk import, a test suite behind
+      one address) still has the whole loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        frames: tuple[float, float] | None = None,
+        bytes_: tuple[float, float] | None = None,
+        loop: tuple[float, float] | None = None,
+    ) -> None:
+        self._frames, self._bytes = frames, bytes_
+        self._loop = KeyedBuckets(*loop) if loop is not None else None
+        self._left: dict[str, Allowance] = {}  # what ended connections still owe
+        self._connected: dict[str, int] = {}
+        self.pauses = 0
+        self.paused_seconds = 0.0
+
+    @classmethod
+    def from_limits(cls, limits) -> "ClientLedger":
+        """The ledger :class:`bridge.config.Limits` describe."""
+        def pair(rate: float | None, burst: float) -> tuple[float, float] | None:
+            return (rate, burst) if rate else None
+
+        return cls(
+            frames=pair(limits.max_frames_per_second, limits.frame_burst),
+            bytes_=pair(limits.max_bytes_per_second, limits.byte_burst),
+            loop=pair(limits.max_loop_share, limits.loop_burst),
+        )
+
+    # --- connections ----------------------------------------------------------
+
+    def join(self, key: str, now: float) -> Allowance:
+        """A connection of ``key`` begins: its buckets."""
+        self._connected[key] = self._connected.get(key, 0) + 1
+        left = self._left.get(key) or Allowance()
+        return Allowance(self._inherit(self._frames, left.frames, now), self._inherit(self._bytes, left.bytes, now))
+
+    def leave(self, key: str, allowance: Allowance, now: float) -> None:
+        """A connection of ``key`` ended with ``allowance`` as it stood."""
+        count = self._connected.get(key, 0) - 1
+        if count > 0:
+            self._connected[key] = count
+        else:
+            self._connected.pop(key, None)
+        kept = self._left.pop(key, None) or Allowance()
+        owed = Allowance(_emptier(kept.frames, allowance.frames, now), _emptier(kept.bytes, allowance.bytes, now))
+        if owed.full(now):
+            return  # nothing owed, nothing to remember
+        if len(self._left) >= PRUNE_ABOVE:
+            for other in [k for k, a in self._left.items() if a.full(now)]:
+                del self._left[other]
+        self._left[key] = owed
+
+    @staticmethod
+    def _inherit(rate: tuple[float, float] | None, left: TokenBucket | None, now: float) -> TokenBucket | None:
+        if rate is None:
+            return None
+        bucket = TokenBucket(*rate)
+        if left is not None:
+            bucket.tokens, bucket.stamp = min(bucket.burst, left.refill(now)), now
+        return bucket
+
+    # --- loop time ------------------------------------------------------------
+
+    @property
+    def contended(self) -> bool:
+        """Another client is connected too: shares apply."""
+        return len(self._connected) > 1
+
+    def charge_loop(self, key: str, seconds: float, now: float) -> float:
+        """Charge ``seconds`` of handling to ``key``; return how long its
+        reads should pause (0: not at all)."""
+        if self._loop is None:
+            return 0.0
+        bucket = self._loop.bucket(key, now)
+        bucket.spend(seconds, now)
+        if not self.contended:
+            # Time nobody else wanted is not owed: a lone client that then
+            # meets another starts from an empty bucket, not a long pause.
+            bucket.tokens = max(bucket.tokens, 0.0)
+            return 0.0
+        return bucket.debt_seconds(now)
+
+    def paused(self, seconds: float) -> None:
+        """A connection's reads were paused for ``seconds`` (for /healthz)."""
+        self.pauses += 1
+        self.paused_seconds += seconds
+
+    def snapshot(self) -> dict:
+        """For /healthz: clients connected, clients whose ended connections
+        still owe, and the pauses imposed for loop time so far."""
+        return {
+            "clients": len(self._connected),
+            "owing": len(self._left),
+            "pauses": self.pauses,
+            "paused_seconds": round(self.paused_seconds, 3),
+        }
+
+
+def _emptier(a: TokenBucket | None, b: TokenBucket | None, now: float) -> TokenBucket | None:
+    if a is None or b is None:
+        return a or b
+    return a if a.refill(now) <= b.refill(now) else b

@@ -75,12 +75,13 @@ class DocSync:
         """
         if self._index is None:
             return self._receive_trusted(data)
+        index = self._index()
         try:
             message = parse_sync_message(data, self.bounds)
-            incoming = [change for item in message.chunks for change in expand_chunks(item, self.bounds)]
+            heads = self.doc.get_heads()
+            incoming = [change for item in message.chunks for change in expand_chunks(item, self.bounds, index.hashes, heads)]
         except ChunkError as exc:
             raise BadSyncMessage(f"refused sync message: {exc}") from None
-        index = self._index()
         planned = plan(index, incoming, self.waiting.values(), max_doc_ops=self.bounds.max_doc_ops)
         # The core answers `need` by looking hashes up and panics on unknown
         # ones; we can only ever send what we have.

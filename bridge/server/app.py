@@ -33,6 +33,7 @@ from ..config import Limits
 from ..auth import Authenticate
 from .peer import PeerSession
 from .admission import Admission, Refusal
+from ..core.ratelimit import ClientLedger
 from .deadlines import header_timeout_protocol
 from .ws import SocketPump
 from ..errors import CloseCode
@@ -84,6 +85,7 @@ def create_app(
     limits = limits or Limits()
     server_peer = f"bridge-{secrets.token_hex(4)}"
     admission = Admission(limits)
+    ledger = ClientLedger.from_limits(limits)  # shared by every session: kept across reconnects
 
     @contextlib.asynccontextmanager
     async def lifespan(parent: Starlette) -> AsyncIterator[None]:
@@ -134,7 +136,7 @@ def create_app(
         try:
             session = PeerSession(
                 hub, server_peer=server_peer, limits=limits, address=address,
-                identity_verified=authenticate is not None,
+                identity_verified=authenticate is not None, ledger=ledger,
             )
             session.on_welcome = ticket.welcomed
             pump = SocketPump(websocket, session, hub, limits=limits, authenticate=authenticate)
@@ -147,7 +149,7 @@ def create_app(
         health = hub.health()
         body = {
             **health, "peer": server_peer, "loaded_docs": len(hub.loaded), "commits": hub.writer.commits,
-            "connections": admission.snapshot(),
+            "connections": admission.snapshot(), "clients": ledger.snapshot(),
         }
         fd_monitor = app.state.fd_monitor
         body["fds"] = fds = fd_monitor.snapshot()
@@ -177,6 +179,7 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.hub = NotStarted()
     app.state.limits = limits
+    app.state.ledger = ledger
     return app
 
 

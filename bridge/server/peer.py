@@ -21,6 +21,7 @@ RecoveryFinished(wait)               (bounded) until the heads are durable, answ
 OutboxOverflowed()                   FlushDurable / FlushTimedOut
 Poll()                             WaitForRecovery(doc_id, done, retry): wait for
 Disconnected()                       a document's reload, answer RecoveryFinished
+                                   Pause(seconds): read the next frame no sooner
 
 ``Authenticate``, ``Subscribe`` and ``WaitForRecovery`` *gate* the frame
 order: the session answers nothing else until their result comes back (a
@@ -45,9 +46,15 @@ them. Synchronous hub calls (``accept``, ``unsubscribe``, ``relay_ephemeral``,
 Rate limits: every frame received is charged to two token buckets (frames/s
 and bytes/s, :class:`~bridge.config.Limits`), *before* anything else looks at
 it. A peer over either one is closed with ``Close(4429, "retry after N s: over
-...")`` and nothing it sent afterwards is handled. The session never reads the
-time itself: it asks its ``clock`` (``time.monotonic`` unless a test passes a
-fake one), so the decision stays deterministic.
+...")`` and nothing it sent afterwards is handled. The buckets come from the
+app's :class:`~bridge.core.ratelimit.ClientLedger` at the welcome and go back
+to it at the end, so a client's next connection inherits what this one owed
+(one that connects while still in debt is closed with 4429 at its welcome).
+The time each frame took to handle is charged to the client's share of the
+event loop; a client over its share gets ``Pause(seconds)``: the pump reads
+its next frame only after that. The session never reads the time itself: it
+asks its ``clock`` (``time.monotonic`` unless a test passes a fake one), so
+the decision stays deterministic.
 
 Relayed ``eph`` frames are latest-state: the outbox keeps only the newest one
 per (document, sender), so a flooding sender can never fill a bystander's
@@ -73,7 +80,7 @@ from ..auth import Principal, quota_key
 from ..config import Limits
 from ..core.binding import CoreFailure
 from ..core.outbox import Outbox
-from ..core.ratelimit import TokenBucket
+from ..core.ratelimit import Allowance, ClientLedger
 from ..core.sync import BadSyncMessage, DocSync
 from ..errors import CloseCode, ErrorCode, ProtocolError, QuotaExceeded
 from ..hub import DocNotFound, DocUnavailable, Hub, LiveDoc
@@ -235,9 +242,20 @@ class WaitForRecovery:
     retry: m.Sync | None = None
 
 
-Effect = Union[Send, Close, StartTimer, CancelTimer, Authenticate, Subscribe, WaitDurable, WaitForRecovery]
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Read the peer's next frame no sooner than ``seconds`` from now: its
+    client is over its share of the event loop. Only ever returned for the
+    events the reader feeds (a frame, or the answer to a gating effect)."""
+
+    seconds: float
+
+
+Effect = Union[Send, Close, StartTimer, CancelTimer, Authenticate, Subscribe, WaitDurable, WaitForRecovery, Pause]
 
 GATING = (Authenticate, Subscribe, WaitForRecovery)
+# What the pump's reader feeds: a Pause is returned only for these.
+READER_EVENTS = (FrameReceived, Authenticated, DocOpened, DocOpenFailed, RecoveryFinished)
 
 
 # --- rate limits --------------------------------------------------------------
@@ -267,6 +285,7 @@ class PeerSession:
         clock: Callable[[], float] = time.monotonic,
         address: str = "?",
         identity_verified: bool = False,
+        ledger: ClientLedger | None = None,
     ) -> None:
         self.hub = hub
         self.server_peer = server_peer
@@ -296,12 +315,12 @@ class PeerSession:
         self._saved_timer = False
         self._closed_with: Close | None = None
         self.clock = clock
-        self._frame_bucket = (
-            TokenBucket(limits.max_frames_per_second, limits.frame_burst) if limits.max_frames_per_second else None
-        )
-        self._byte_bucket = (
-            TokenBucket(limits.max_bytes_per_second, limits.byte_burst) if limits.max_bytes_per_second else None
-        )
+        # The app shares one ledger between its sessions; a session on its
+        # own (tests) keeps a private one.
+        self.ledger = ledger or ClientLedger.from_limits(limits)
+        self._allowance: Allowance | None = None  # from the ledger at the welcome
+        self._client_key: str | None = None
+        self._hello_bytes = 0
 
     # --- the one decision point --------------------------------------------------
 
@@ -312,6 +331,15 @@ class PeerSession:
             if isinstance(event, DocOpened):  # subscribed while we closed: let go
                 self.hub.unsubscribe(event.doc_id, self)
             return effects
+        started = self.clock()
+        self._handle(event, effects)
+        pause = self._charge(self.clock() - started)
+        if pause and self.state != self.CLOSED and isinstance(event, READER_EVENTS):
+            self.ledger.paused(pause)
+            effects.append(Pause(pause))
+        return effects
+
+    def _handle(self, event: Event, effects: list[Effect]) -> None:
         try:
             self._dispatch(event, effects)
             # Frames that arrived while a gating effect was out, in order.
@@ -326,7 +354,6 @@ class PeerSession:
         else:
             effects.extend(self._deferred)
             self._deferred.clear()
-        return effects
 
     def _dispatch(self, event: Event, effects: list[Effect]) -> None:
         if isinstance(event, FrameReceived):
@@ -384,16 +411,26 @@ class PeerSession:
             raise TypeError(f"not a PeerSession event: {event!r}")
 
     def _within_rate(self, size: int, effects: list[Effect]) -> bool:
-        """Charge one received frame to the buckets; close 4429 when over."""
-        if self._frame_bucket is None and self._byte_bucket is None:
+        """Charge one received frame to the buckets; close 4429 when over.
+        Before the welcome there are no buckets yet: the hello is charged
+        when they come (only one frame is read before it)."""
+        allowance = self._allowance
+        if allowance is None:
+            self._hello_bytes = size
             return True
         now = self.clock()
-        for bucket, cost, unit in ((self._frame_bucket, 1, "frames"), (self._byte_bucket, size, "bytes")):
+        for bucket, cost, unit in ((allowance.frames, 1, "frames"), (allowance.bytes, size, "bytes")):
             if bucket is not None and not bucket.take(cost, now):
                 retry = bucket.refill_seconds
                 self._close(CloseCode.RATE_LIMITED, f"retry after {retry} s: over {_per_second(bucket.rate, unit)}", effects)
                 return False
         return True
+
+    def _charge(self, seconds: float) -> float:
+        """Charge handling time to the client's loop share; the pause it owes."""
+        if self._allowance is None:
+            return 0.0
+        return self.ledger.charge_loop(self.client_key, seconds, self.clock())
 
     def _ungate(self, doc_id: str, kind: type) -> None:
         gate = self._gate
@@ -455,6 +492,11 @@ class PeerSession:
         assert self._hello is not None
         self.principal = principal
         self.peer = self._hello.peer
+        # The client's buckets, as its previous connections left them; the
+        # hello is their first frame.
+        self._allowance = self.ledger.join(self.client_key, self.clock())
+        if not self._within_rate(self._hello_bytes, effects):
+            return
         self.state = self.OPEN
         self.on_welcome()  # the HANDSHAKE timer, when it fires, finds us OPEN
         limits = {"max_frame_bytes": self.limits.max_frame_bytes, "max_docs": self.limits.max_docs_per_connection}
@@ -570,6 +612,9 @@ class PeerSession:
     def _release(self) -> None:
         for doc_id in list(self._docs):
             self._forget(doc_id)
+        allowance, self._allowance = self._allowance, None
+        if allowance is not None:
+            self.ledger.leave(self.client_key, allowance, self.clock())
 
     @property
     def open_docs(self) -> list[str]:
@@ -577,9 +622,14 @@ class PeerSession:
 
     @property
     def client_key(self) -> str:
-        """Who quotas charge: the principal when an auth hook vouches for
-        it, else the client's address (a peer name is only a claim)."""
-        return quota_key(self.principal, self.address, self.identity_verified)
+        """Who quotas and shares charge: the principal when an auth hook
+        vouches for it, else the client's address (a peer name is only a claim)."""
+        if self._client_key is None:
+            key = quota_key(self.principal, self.address, self.identity_verified)
+            if self.principal is None:
+                return key  # not settled until the handshake is over
+            self._client_key = key
+        return self._client_key
 
     # --- the outbox --------------------------------------------------------------------
 
@@ -598,6 +648,7 @@ class PeerSession:
         live, sync = self._docs[doc_id]
         if live.recovering is not None:
             return []  # doc_reloaded marks it dirty again
+        started = self.clock()
         try:
             return [m.encode(m.Sync(doc=doc_id, data=data)) for data in sync.generate()]
         except CoreFailure as exc:
@@ -608,6 +659,10 @@ class PeerSession:
             self._error(ErrorCode.BAD_SYNC, "your sync state could not be served; starting over", doc_id)
             self.hub.damaged(live, exc)
             return []
+        finally:
+            # Answering this peer is its client's work too; the debt pauses
+            # its next read (the writer itself never waits for it).
+            self._charge(self.clock() - started)
 
     # --- Subscriber (called by the hub; synchronous) ------------------------------------
 

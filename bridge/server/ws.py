@@ -12,7 +12,12 @@ the session, and performs the effects the session returns:
   the reader awaits them (the auth hook, ``hub.subscribe``, the reload) and
   feeds the result before it reads the next frame;
 - ``WaitDurable`` runs in the connection's task group, bounded by its
-  timeout, and feeds ``FlushDurable`` or ``FlushTimedOut``.
+  timeout, and feeds ``FlushDurable`` or ``FlushTimedOut``;
+- ``Pause``: the reader sleeps before it reads on (the client is over its
+  share of the event loop: its frames wait in its own socket buffer).
+
+The reader yields to the event loop after every frame, so connections take
+turns one frame at a time however many frames one of them has queued.
 
 Beside the reader, the writer drains the session's outbox (control frames in
 order, the latest ``saved`` per document and ``eph`` per sender, sync messages pulled from the
@@ -33,6 +38,7 @@ from ..logs import get_logger
 from typing import Callable, Protocol
 
 import anyio
+import anyio.lowlevel
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..auth import Authenticate, AuthRequest, authenticate
@@ -168,6 +174,9 @@ class SocketPump:
                 await self._feed(p.RecoveryFinished(effect))
             elif isinstance(effect, p.WaitDurable):
                 self._tg.start_soon(self._wait_durable, effect)
+            elif isinstance(effect, p.Pause):
+                # Only the reader's own events pause: this is the reader.
+                await anyio.sleep(effect.seconds)
             else:
                 raise TypeError(f"unknown effect {effect!r}")
 
@@ -219,6 +228,11 @@ class SocketPump:
     async def _reader(self) -> None:
         while True:
             await self._feed(p.FrameReceived(await self._receive_frame()))
+            # receive() returns at once while frames are queued: without this
+            # one connection's backlog would be handled back to back, and
+            # every other peer would wait for all of it. One frame, then
+            # everyone else's turn.
+            await anyio.lowlevel.checkpoint()
 
     # --- writing ------------------------------------------------------------
 

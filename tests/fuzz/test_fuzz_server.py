@@ -38,6 +38,7 @@ See tests/fuzz/README.md.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import struct
 import sys
@@ -72,6 +73,7 @@ SHARED = ["fuzz-shared-a", "fuzz-shared-b", REAL_DOC]
 BYSTANDER_EVERY = 5
 ALLOWED_CLOSE = {1000, 1009, 4400, 4408}
 PROBE_ID = 7_777_777_777
+ATTACKER_ADDRESSES = itertools.cycle(f"127.0.{a}.{b}" for a in range(1, 256) for b in range(2, 255))
 READ_TIMEOUT = 15.0
 
 
@@ -330,7 +332,11 @@ def summarise_log(path: Path) -> dict[str, int]:
 async def run_attack(url: str, frames: list[tuple[str, bytes | str]], abort: bool) -> tuple[str, list[str]]:
     """Send the frames and a probe; return the outcome and the error codes seen."""
     errors: list[str] = []
-    ws = await websockets.connect(url, max_size=None, open_timeout=10, close_timeout=2)
+    # Each from an address of its own, as many attackers would: the fuzzer
+    # tests what the bridge makes of their bytes, not its per-client rates
+    # (tests/server/test_limits.py and tests/test_attacks.py do).
+    ws = await websockets.connect(url, max_size=None, open_timeout=10, close_timeout=2,
+                                  local_addr=(next(ATTACKER_ADDRESSES), 0))
     try:
         with anyio.fail_after(READ_TIMEOUT):
             try:

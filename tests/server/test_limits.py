@@ -18,9 +18,11 @@ from bridge import Limits, create_app
 from bridge.auth import Principal
 from bridge.core.sync import DocSync
 from bridge.hub import Hub
-from bridge.server.peer import Authenticated, Close, Connected, PeerSession, Poll, Send, TokenBucket
+from bridge.core.ratelimit import ClientLedger, TokenBucket
+from bridge.server.peer import Authenticated, Close, Connected, Pause, PeerSession, Poll, Send
 from bridge.testing import serve_in_thread
 
+from .. import crafting
 from ..rawpeer import RawPeer, text_doc
 from bridge.core.chunks import Bounds
 from bridge.server.peer import WaitDurable
@@ -186,6 +188,108 @@ async def test_an_eph_flooder_is_closed_4429_and_the_bystander_is_not():
         assert bystander.closed_with is None
 
 
+# --- a client's allowance outlives its connections --------------------------------
+
+
+def test_a_new_connection_of_a_client_starts_where_its_last_one_left_off():
+    ledger = ClientLedger(frames=(10, 20))
+    first = ledger.join("address:10.0.0.66", 0.0)
+    assert all(first.frames.take(1, 0.0) for _ in range(20)) and not first.frames.take(1, 0.0)
+    ledger.leave("address:10.0.0.66", first, 0.0)
+    again = ledger.join("address:10.0.0.66", 0.5)
+    assert again.frames.tokens == 5, "refilled for the time since, not reset"
+    assert ledger.join("address:10.0.0.1", 0.5).frames.full(0.5), "another client is not charged"
+    ledger.leave("address:10.0.0.66", again, 0.5)
+    assert ledger.join("address:10.0.0.66", 2.5).frames.full(2.5), "after the retry delay: full again"
+    assert ledger.snapshot()["owing"] == 1
+    # Connections that owe nothing leave nothing behind.
+    quiet = ClientLedger(frames=(10, 20))
+    quiet.leave("k", quiet.join("k", 0.0), 0.0)
+    assert quiet.snapshot() == {"clients": 0, "owing": 0, "pauses": 0, "paused_seconds": 0.0}
+
+
+def test_parallel_connections_hand_on_the_emptiest_bucket():
+    ledger = ClientLedger(frames=(1, 10), bytes_=(100, 1000))
+    a, b = ledger.join("k", 0.0), ledger.join("k", 0.0)
+    a.frames.take(8, 0.0)
+    b.bytes.take(900, 0.0)
+    ledger.leave("k", a, 0.0)
+    ledger.leave("k", b, 0.0)
+    c = ledger.join("k", 0.0)
+    assert (c.frames.tokens, c.bytes.tokens) == (2, 100)
+
+
+def test_the_loop_share_applies_only_while_another_client_is_connected():
+    ledger = ClientLedger(loop=(0.5, 0.1))
+    ledger.join("busy", 0.0)
+    assert ledger.charge_loop("busy", 1.0, 0.0) == 0, "alone, a client may have the whole loop"
+    ledger.join("bystander", 0.0)
+    assert ledger.charge_loop("busy", 0.1, 0.0) == pytest.approx(0.2), "time nobody else wanted is not owed"
+    assert ledger.charge_loop("busy", 0.9, 0.0) == pytest.approx(2.0), "1 s over at 0.5 s/s: 2 s of pause"
+    assert ledger.charge_loop("bystander", 0.05, 0.0) == 0
+    assert ledger.charge_loop("busy", 0.0, 1.0) == pytest.approx(1.0)
+    ledger.leave("bystander", ledger.join("bystander", 1.0), 1.0)  # a second connection comes and goes
+    assert ledger.contended
+    assert ClientLedger().charge_loop("k", 10.0, 0.0) == 0, "no share: never paused"
+
+
+class TickingClock(FakeClock):
+    """Every look at the clock costs 1 ms: handling a frame takes time."""
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        return self.now
+
+
+def session_from(hub: Hub, clock, address: str, ledger: ClientLedger, peer: str = "p", **limits):
+    session = PeerSession(hub, server_peer="b", limits=Limits(**limits), clock=clock, address=address, ledger=ledger)
+    session.handle(Connected())
+    session.handle(frame(t="hello", v=[1], peer=peer))
+    return session, session.handle(Authenticated(Principal(peer)))
+
+
+async def test_a_client_closed_for_flooding_is_closed_again_at_its_next_welcome_until_it_waits():
+    async with running_hub() as hub:
+        clock = FakeClock()
+        limits = dict(max_frames_per_second=10, frame_burst=20)
+        ledger = ClientLedger.from_limits(Limits(**limits))
+        flooder, [welcome] = session_from(hub, clock, "10.0.0.66", ledger, **limits)
+        assert isinstance(welcome, Send)
+        closes = []
+        while not closes:
+            closes = flooder.handle(frame(t="close", doc="x"))
+        assert closes == [Close(4429, "retry after 2 s: over 10 frames/s")]
+        # Reconnecting at once: closed at the welcome, with the same retry delay.
+        again, effects = session_from(hub, clock, "10.0.0.66", ledger, **limits)
+        assert effects == [Close(4429, "retry after 2 s: over 10 frames/s")] and again.state == PeerSession.CLOSED
+        # A bystander from another address is welcomed meanwhile.
+        bystander, [welcome] = session_from(hub, clock, "10.0.0.1", ledger, **limits)
+        assert isinstance(welcome, Send)
+        # Having waited the retry delay, the flooder is welcomed.
+        clock.now += 2
+        back, [welcome] = session_from(hub, clock, "10.0.0.66", ledger, **limits)
+        assert isinstance(welcome, Send)
+
+
+async def test_a_client_over_its_loop_share_is_paused_and_the_bystander_is_not():
+    async with running_hub() as hub:
+        clock = TickingClock()
+        limits = dict(max_frames_per_second=None, max_loop_share=0.1, loop_burst=0.01)
+        ledger = ClientLedger.from_limits(Limits(**limits))
+        busy, _ = session_from(hub, clock, "10.0.0.66", ledger, **limits)
+        # Alone on the server: never paused, however busy.
+        assert all(busy.handle(frame(t="close", doc="x")) == [] for _ in range(50))
+        bystander, _ = session_from(hub, clock, "10.0.0.1", ledger, **limits)
+        effects = busy.handle(frame(t="close", doc="x"))
+        [pause] = effects
+        assert isinstance(pause, Pause) and 0 < pause.seconds < 0.1, "one frame's time over, not what it used alone"
+        assert busy.state == PeerSession.OPEN, "paused, not closed"
+        assert bystander.handle(frame(t="close", doc="x")) == []
+        # What other tasks feed (a timer, a poll) never pauses: only the reader waits.
+        assert busy.handle(Poll()) == []
+        assert ledger.snapshot()["pauses"] == 1
+
+
 # --- over a real socket -----------------------------------------------------------
 
 
@@ -244,6 +348,42 @@ async def test_a_flooder_is_closed_4429_while_a_bystander_keeps_syncing(server):
     assert flushed["docs"] == {"shared": doc.get_heads()}
     await bystander.send({"t": "bye"})
     assert await bystander.closed_with() == 1000
+
+
+async def test_a_client_over_its_share_of_the_loop_is_slowed_not_closed_and_bystanders_go_on(tmp_path):
+    """A flood of valid changes under the frame rate still costs the loop:
+    past its share, the flooder's reads pause (it is not closed, and all it
+    sent is accepted); bystanders on another address go on meanwhile."""
+    limits = Limits(max_loop_share=0.002, loop_burst=0.002, flush_timeout=10.0)
+    app = create_app(data_dir=tmp_path, limits=limits, web_dir=None)
+    with serve_in_thread(app) as running:
+        bystander = await RawPeer.connect(running.ws_url, peer="bystander")
+        theirs = text_doc("bystander")
+        await bystander.sync_doc("quiet", theirs)
+        mallory = await RawPeer.connect(running.ws_url, peer="mallory", address="127.0.0.30")
+        doc = core.Document()
+        await mallory.sync_doc("busy", doc)
+        ledger = app.state.ledger
+        with anyio.fail_after(30):
+            sent = 0
+            while ledger.snapshot()["pauses"] == 0:
+                # One new change per frame (Automerge's own sync would wait
+                # for an answer before it sent more).
+                with doc.transaction() as tx:
+                    tx.put(core.ROOT, f"k{sent % 20}", core.ScalarType.Str, "x" * 500)
+                sent += 1
+                await mallory.send({"t": "sync", "doc": "busy",
+                                    "data": crafting.sync_message([doc.get_last_local_change().bytes], heads=doc.get_heads())})
+                if sent % 10 == 0:  # the bystander edits and flushes meanwhile
+                    with theirs.transaction() as tx:
+                        tx.put(core.ROOT, "n", core.ScalarType.Int, sent)
+                    await bystander.sync_doc("quiet", theirs)
+                    await bystander.send({"t": "flush", "id": sent, "docs": {"quiet": theirs.get_heads()}})
+                    await bystander.recv_until(lambda f: f["t"] == "flushed" and f["id"] == sent)
+        await mallory.send({"t": "flush", "id": 1, "docs": {"busy": doc.get_heads()}})
+        flushed = await mallory.recv_until(lambda f: f["t"] in ("flushed", "error") and f.get("id") == 1, timeout=30)
+        assert flushed == {"t": "flushed", "id": 1, "docs": {"busy": doc.get_heads()}}, "slowed, and all it sent is kept"
+        assert ledger.snapshot()["clients"] == 2
 
 
 # --- flushes in flight, documents created, documents full --------------------------
