@@ -115,3 +115,37 @@ def test_changes_waiting_for_dependencies_are_bounded_and_dropped_past_the_bound
     else:
         raise AssertionError("the fourth waiting change was kept")
     assert sync.waiting == {} and server.get_heads() == []
+
+
+def test_document_chunks_are_read_only_past_what_we_hold():
+    """Automerge sends the whole document as one chunk while it believes the
+    other side has nothing; the guard reads only what may be new in it."""
+    from bridge.core.binding import expand_chunks
+    from bridge.core.chunks import SYNC_V1, SyncMessage, encode_sync_message
+    from bridge.core.validate import ChangeIndex
+
+    ours = core.Document()
+    for n in range(30):
+        with ours.transaction() as tx:
+            tx.put(core.ROOT, f"k{n}", core.ScalarType.Int, n)
+    index = ChangeIndex.of(ours)
+    theirs = core.Document.load(ours.save())
+    assert expand_chunks(theirs.save(), Bounds(), index.hashes, ours.get_heads()) == [], "all heads known: skipped"
+    with theirs.transaction() as tx:
+        tx.put(core.ROOT, "new", core.ScalarType.Int, 1)
+    [new] = expand_chunks(theirs.save(), Bounds(), index.hashes, ours.get_heads())
+    assert [new.hash] == theirs.get_heads()
+    # Diverged: their chunk shares none of our heads, and we still find
+    # every change of theirs we lack (and nothing we hold is lost).
+    behind = core.Document.load(ours.save())
+    with ours.transaction() as tx:
+        tx.put(core.ROOT, "ours", core.ScalarType.Int, 2)
+    index = ChangeIndex.of(ours)
+    found = expand_chunks(theirs.save(), Bounds(), index.hashes, ours.get_heads())
+    assert [c.hash for c in found if c.hash not in index.hashes] == theirs.get_heads()
+    assert expand_chunks(behind.save(), Bounds(), index.hashes, ours.get_heads()) == [], "an older copy: nothing new"
+    # Through a guarded DocSync: the peer's whole-document message applies only the new change.
+    guarded = DocSync(ours, index=lambda: index)
+    message = encode_sync_message(SyncMessage(SYNC_V1, theirs.get_heads(), [], [], [theirs.save()]))
+    applied = guarded.receive(message)
+    assert [c.hash for c in applied] == theirs.get_heads()
