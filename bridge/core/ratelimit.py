@@ -145,6 +145,7 @@ class ClientLedger:
         self._frames, self._bytes = frames, bytes_
         self._loop = KeyedBuckets(*loop) if loop is not None else None
         self._left: dict[str, Allowance] = {}  # what ended connections still owe
+        self._blocked: dict[str, float] = {}  # closed for its rate: no new connection until then
         self._connected: dict[str, int] = {}
         self.pauses = 0
         self.paused_seconds = 0.0
@@ -184,6 +185,26 @@ class ClientLedger:
             for other in [k for k, a in self._left.items() if a.full(now)]:
                 del self._left[other]
         self._left[key] = owed
+
+    def block(self, key: str, seconds: float, now: float) -> None:
+        """``key`` was closed for its rate and told to come back in
+        ``seconds``: until then its new connections are refused at once
+        (before their handshake where the key is an address), so a client
+        that reconnects without waiting costs the bridge as little as can be."""
+        if len(self._blocked) >= PRUNE_ABOVE:
+            for other in [k for k, until in self._blocked.items() if until <= now]:
+                del self._blocked[other]
+        self._blocked[key] = max(now + seconds, self._blocked.get(key, now))
+
+    def blocked_for(self, key: str, now: float) -> int:
+        """Whole seconds (at least 1) until ``key`` may connect again; 0 if it may now."""
+        until = self._blocked.get(key)
+        if until is None:
+            return 0
+        if now >= until:
+            del self._blocked[key]
+            return 0
+        return max(1, math.ceil(until - now))
 
     @staticmethod
     def _inherit(rate: tuple[float, float] | None, left: TokenBucket | None, now: float) -> TokenBucket | None:

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-
-from ..logs import get_logger
 import secrets
+import time
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -28,18 +27,19 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from ..core.chunks import Bounds
+from ..auth import Authenticate, quota_key
 from ..config import Limits
-from ..auth import Authenticate
-from .peer import PeerSession
-from .admission import Admission, Refusal
+from ..core.chunks import Bounds
 from ..core.ratelimit import ClientLedger
-from .deadlines import header_timeout_protocol
-from .ws import SocketPump
 from ..errors import CloseCode
-from .http import doc_routes, error
 from ..hub import Hub
+from ..logs import get_logger
 from ..storage import Store, open_store
+from .admission import Admission, Refusal
+from .deadlines import header_timeout_protocol
+from .http import doc_routes, error
+from .peer import PeerSession
+from .ws import SocketPump
 
 log = get_logger(__name__)
 
@@ -128,6 +128,11 @@ def create_app(
         hub: Hub = app.state.hub
         address = websocket.client.host if websocket.client else "?"
         ticket = admission.admit(address)
+        blocked = ledger.blocked_for(quota_key(None, address, False), time.monotonic())
+        if blocked:  # closed for its rate, and back before the delay it was given
+            if not isinstance(ticket, Refusal):
+                ticket.release()
+            ticket = Refusal("rate limited, and reconnected too soon", blocked)
         if isinstance(ticket, Refusal):
             log.warning("refused a connection from %s: %s", address, ticket.reason)
             await websocket.accept()

@@ -422,6 +422,7 @@ class PeerSession:
         for bucket, cost, unit in ((allowance.frames, 1, "frames"), (allowance.bytes, size, "bytes")):
             if bucket is not None and not bucket.take(cost, now):
                 retry = bucket.refill_seconds
+                self.ledger.block(self.client_key, retry, now)
                 self._close(CloseCode.RATE_LIMITED, f"retry after {retry} s: over {_per_second(bucket.rate, unit)}", effects)
                 return False
         return True
@@ -492,8 +493,13 @@ class PeerSession:
         assert self._hello is not None
         self.principal = principal
         self.peer = self._hello.peer
-        # The client's buckets, as its previous connections left them; the
-        # hello is their first frame.
+        # A client closed for its rate comes back after the delay it was
+        # given; then its buckets are as its previous connections left them,
+        # and the hello is their first frame.
+        blocked = self.ledger.blocked_for(self.client_key, self.clock())
+        if blocked:
+            self._close(CloseCode.RATE_LIMITED, f"retry after {blocked} s: rate limited, and reconnected too soon", effects)
+            return
         self._allowance = self.ledger.join(self.client_key, self.clock())
         if not self._within_rate(self._hello_bytes, effects):
             return

@@ -259,14 +259,19 @@ async def test_a_client_closed_for_flooding_is_closed_again_at_its_next_welcome_
         while not closes:
             closes = flooder.handle(frame(t="close", doc="x"))
         assert closes == [Close(4429, "retry after 2 s: over 10 frames/s")]
-        # Reconnecting at once: closed at the welcome, with the same retry delay.
+        # Reconnecting at once: closed at the welcome, told how long is left.
+        clock.now += 0.5
         again, effects = session_from(hub, clock, "10.0.0.66", ledger, **limits)
-        assert effects == [Close(4429, "retry after 2 s: over 10 frames/s")] and again.state == PeerSession.CLOSED
+        assert effects == [Close(4429, "retry after 2 s: rate limited, and reconnected too soon")]
+        assert again.state == PeerSession.CLOSED
+        clock.now += 1.0
+        assert ledger.blocked_for("address:10.0.0.66", clock.now) == 1
         # A bystander from another address is welcomed meanwhile.
         bystander, [welcome] = session_from(hub, clock, "10.0.0.1", ledger, **limits)
         assert isinstance(welcome, Send)
         # Having waited the retry delay, the flooder is welcomed.
-        clock.now += 2
+        clock.now += 0.5
+        assert ledger.blocked_for("address:10.0.0.66", clock.now) == 0
         back, [welcome] = session_from(hub, clock, "10.0.0.66", ledger, **limits)
         assert isinstance(welcome, Send)
 
