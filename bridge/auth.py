@@ -11,14 +11,20 @@ and ``hello.peer``: they keep working. An ``AuthRequest`` has the same
 ``peer`` and ``token`` attributes, True becomes the default principal named
 after the peer, and False refuses.
 
-The principal is stored with the connection. ``may_read`` / ``may_write`` are
-the seam for per-document scopes: the default principal may read and write
-everything (today's behaviour); nothing enforces them yet.
+The principal is stored with the connection, and every path checks it before
+it touches a document: ``may_read`` to open or GET one (else ``forbidden`` /
+403), ``may_write`` to create one or to have changes applied (else
+``read_only`` / 403: nothing reaches the shared document). ``expires_at``
+(epoch seconds) closes the connection with 4401 then, unless an ``auth``
+frame brought a fresh token. The default principal (no hook) may do
+everything; :class:`ScopedPrincipal` is what a token grants
+(:mod:`bridge.tokens`), and a hook may return its own subclass.
 """
 
 from __future__ import annotations
 
 import inspect
+from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping, Union
 
@@ -26,7 +32,13 @@ from starlette.requests import HTTPConnection
 
 from .protocol.native import PROTOCOL_VERSION, Hello
 
-__all__ = ["AuthRequest", "Authenticate", "AuthVerdict", "Principal", "authenticate", "bearer_token", "quota_key"]
+__all__ = [
+    "AuthRequest", "Authenticate", "AuthVerdict", "Principal", "ScopedPrincipal", "authenticate", "bearer_token",
+    "quota_key",
+]
+
+
+READ, WRITE = "read", "write"
 
 
 @dataclass(frozen=True)
@@ -34,12 +46,47 @@ class Principal:
     """An authenticated identity. Subclass it to restrict documents."""
 
     identity: str
+    expires_at: float | None = None  # epoch seconds; None: never
 
     def may_read(self, doc_id: str) -> bool:
         return True
 
     def may_write(self, doc_id: str) -> bool:
         return True
+
+    def may_administer(self) -> bool:
+        """The admin routes (listing, deleting documents). Without auth,
+        whoever reaches the bridge runs it."""
+        return True
+
+    def access(self, doc_id: str) -> str | None:
+        """``"write"``, ``"read"`` or None (may not read it)."""
+        if self.may_write(doc_id):
+            return WRITE
+        return READ if self.may_read(doc_id) else None
+
+
+@dataclass(frozen=True)
+class ScopedPrincipal(Principal):
+    """What a token grants: ``docs`` pairs document-id glob patterns
+    (:func:`fnmatch.fnmatchcase`: ``*``, ``?``, ``[...]``) with ``"read"`` or
+    ``"write"``; ``admin`` opens the admin routes.
+
+    Grants add up: a document any ``write`` pattern matches is writable, one
+    only ``read`` patterns match is read-only, one no pattern matches is
+    forbidden. There is no deny: a token says what its holder may do."""
+
+    docs: tuple[tuple[str, str], ...] = ()
+    admin: bool = False
+
+    def may_read(self, doc_id: str) -> bool:
+        return any(fnmatchcase(doc_id, pattern) for pattern, _ in self.docs)
+
+    def may_write(self, doc_id: str) -> bool:
+        return any(level == WRITE and fnmatchcase(doc_id, pattern) for pattern, level in self.docs)
+
+    def may_administer(self) -> bool:
+        return self.admin
 
 
 @dataclass(frozen=True)

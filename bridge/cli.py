@@ -21,6 +21,7 @@ from typing import Any, Callable, NoReturn, Sequence
 import anyio
 
 from .config import Limits, knobs
+from .logs import redact_tokens_everywhere
 from .core.chunks import Bounds
 
 PROG = "automerge-bridge"
@@ -90,6 +91,23 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(text)
+    return value == "on"
+
+
+def _duration(text: str) -> float:
+    """Seconds: ``3600``, ``90s``, ``15m``, ``1h``, ``7d``."""
+    value = text.strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(value[-1:], None)
+    seconds = float(value[:-1] if scale else value) * (scale or 1)
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(text)
+    return seconds
+
+
 def _log_level(text: str) -> str:
     value = text.strip().lower()
     if value not in LOG_LEVELS:
@@ -102,6 +120,8 @@ _port.__name__ = "port number (0-65535)"
 _positive_int.__name__ = "positive integer"
 _positive_float.__name__ = "positive number"
 _non_negative_float.__name__ = "number >= 0"
+_on_off.__name__ = "on or off"
+_duration.__name__ = "duration (3600, 90s, 15m, 1h, 7d)"
 _log_level.__name__ = f"log level ({', '.join(LOG_LEVELS)})"
 
 
@@ -162,6 +182,21 @@ def shown_default(option: Option) -> str:
 LIMIT_OPTIONS = tuple(_limit_option(*knob) for knob in knobs(Limits))
 BOUND_OPTIONS = tuple(_limit_option(*knob) for knob in knobs(Bounds))
 
+# Token auth (bridge/tokens.py). Without one of the first three, everyone who
+# reaches the bridge reads and writes every document.
+AUTH_OPTIONS = (
+    Option("--auth-secret", str, None, "turn on token auth: HS256 JWTs signed with this secret (at least 32 "
+           "characters; prefer the variable or --auth-secret-file, a flag shows in ps)", "SECRET"),
+    Option("--auth-secret-file", str, None, "turn on token auth with the HS256 secret in this file", "FILE"),
+    Option("--auth-public-key", str, None, "turn on token auth: JWTs signed elsewhere (EdDSA, ES256 or RS256), "
+           "checked with the PEM public key in this file", "FILE"),
+    Option("--auth-cookie", str, "bridge_token", "cookie a browser's token may come in on the WebSocket upgrade",
+           "NAME"),
+    Option("--auth-require-exp", _on_off, True, "tokens must carry exp (off: tokens that never expire are "
+           "accepted)", "on|off"),
+    Option("--reader-presence", _on_off, True, "relay eph (presence) from read-only principals", "on|off"),
+)
+
 SERVE_OPTIONS = (
     Option("--host", str, "127.0.0.1", "interface to listen on (0.0.0.0 for every interface)"),
     Option("--port", _port, 8080, "TCP port to listen on; 0 picks a free one"),
@@ -173,6 +208,7 @@ SERVE_OPTIONS = (
            "comma-separated proxy addresses trusted to set X-Forwarded-For (the client address the "
            "per-address limits count); * trusts every sender", "IPS"),
     Option("--log-level", _log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
+    *AUTH_OPTIONS,
     *LIMIT_OPTIONS,
     *BOUND_OPTIONS,
 )
@@ -216,6 +252,31 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
             metavar=option.metavar,
             help=f"{option.help} [env: {option.env}]",
         )
+    token = commands.add_parser(
+        "token",
+        help="print a token (JWT) for the bridge's token auth",
+        description="Print a token for --auth-secret (HS256) or, with --private-key, one signed with a private "
+        "key whose public half the bridge holds (--auth-public-key). For tests, demos and operators; an app's "
+        "backend mints its own with any JWT library (see the README).",
+        epilog=f"Example: {PROG} token --secret-file secret.txt --sub alice --write 'invoice-*' --read catalog "
+        f"--ttl 1h. The secret may also come from {ENV_PREFIX}AUTH_SECRET or {ENV_PREFIX}AUTH_SECRET_FILE.",
+        formatter_class=_HelpFormatter,
+        allow_abbrev=False,
+    )
+    token.add_argument("--secret", help="the HS256 secret (the bridge's --auth-secret)")
+    token.add_argument("--secret-file", metavar="FILE", help="read the HS256 secret from this file")
+    token.add_argument("--private-key", metavar="FILE", help="sign with this PEM private key instead "
+                       "(Ed25519: EdDSA, P-256: ES256, RSA: RS256)")
+    token.add_argument("--sub", required=True, help="the identity")
+    token.add_argument("--read", action="append", default=[], metavar="PATTERN",
+                       help="document-id glob this token may read (repeatable)")
+    token.add_argument("--write", action="append", default=[], metavar="PATTERN",
+                       help="document-id glob this token may read and write (repeatable)")
+    token.add_argument("--ttl", type=_duration, default=3600.0, metavar="DURATION",
+                       help="lifetime: seconds, or 90s, 15m, 1h, 7d")
+    token.add_argument("--no-exp", action="store_true",
+                       help="no expiry (the bridge must run with --auth-require-exp off)")
+    token.add_argument("--admin", action="store_true", help="grant the admin routes")
     return parser, serve
 
 
@@ -260,8 +321,81 @@ def main(argv: Sequence[str] | None = None) -> None:
     def fail(message: str) -> NoReturn:
         serve.exit(2, f"{PROG}: error: {message}\n")
 
+    if args.command == "token":
+        run_token(args, fail)
+        return
     _apply_environment(args, argv, fail)
     run_serve(args, fail)
+
+
+def _read_secret_file(path: str, fail: Callable[[str], NoReturn]) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}")
+
+
+def run_token(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> None:
+    from .tokens import HS256, mint
+
+    if args.private_key:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        from .tokens import algorithm_for
+
+        try:
+            pem = Path(args.private_key).read_bytes()
+            key = load_pem_private_key(pem, password=None)
+            algorithm = algorithm_for(key.public_key())
+        except (OSError, ValueError, TypeError) as exc:
+            fail(f"cannot use {args.private_key} as a private key: {exc}")
+        secret: str | bytes = pem
+    else:
+        secret_file = args.secret_file or os.environ.get(ENV_PREFIX + "AUTH_SECRET_FILE")
+        secret = args.secret or (_read_secret_file(secret_file, fail) if secret_file else None) \
+            or os.environ.get(ENV_PREFIX + "AUTH_SECRET", "")
+        algorithm = HS256
+        if not secret:
+            fail("no secret: give --secret, --secret-file, --private-key, or set " + ENV_PREFIX + "AUTH_SECRET")
+    try:
+        token = mint(secret, sub=args.sub, read=args.read, write=args.write,
+                     ttl=None if args.no_exp else args.ttl, admin=args.admin, algorithm=algorithm)
+    except ValueError as exc:
+        fail(str(exc))
+    print(token)
+
+
+def _token_auth(args: argparse.Namespace, fail: Callable[[str], NoReturn]):
+    """The TokenAuth the flags describe, or None (auth off)."""
+    from .tokens import TokenAuth
+
+    given = [flag for flag in ("auth_secret", "auth_secret_file", "auth_public_key") if getattr(args, flag)]
+    if not given:
+        return None
+    if len(given) > 1:
+        fail("give one of --auth-secret, --auth-secret-file, --auth-public-key")
+    try:
+        if args.auth_public_key:
+            try:
+                pem = Path(args.auth_public_key).read_bytes()
+            except OSError as exc:
+                fail(f"cannot read {args.auth_public_key}: {exc.strerror or exc}")
+            return TokenAuth(public_key=pem, require_exp=args.auth_require_exp, cookie=args.auth_cookie)
+        secret = args.auth_secret or _read_secret_file(args.auth_secret_file, fail)
+        return TokenAuth(secret=secret, require_exp=args.auth_require_exp, cookie=args.auth_cookie)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def run_serve(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> None:
@@ -299,8 +433,15 @@ def run_serve(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> None
             fail(str(exc))
         except (OSError, sqlite3.Error) as exc:
             fail(f"cannot open {where}: {exc}")
-    app = create_app(store, limits=limits, bounds=bounds, idle_unload_after=args.idle_unload_after)
-    uvicorn.run(
+    authenticate = _token_auth(args, fail)
+    if authenticate is None and not _loopback(args.host):
+        logging.getLogger("bridge").warning(
+            "\n%s\nAUTH IS OFF and the bridge listens on %s: anyone who can reach it reads and writes every "
+            "document. Turn on token auth (--auth-secret-file, --auth-public-key; see the README), or listen on "
+            "127.0.0.1 behind something that authenticates.\n%s", "!" * 78, args.host, "!" * 78)
+    app = create_app(store, limits=limits, bounds=bounds, idle_unload_after=args.idle_unload_after,
+                     authenticate=authenticate, reader_presence=args.reader_presence)
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -308,6 +449,10 @@ def run_serve(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> None
         forwarded_allow_ips=args.forwarded_allow_ips,
         **uvicorn_options(limits),
     )
+    # uvicorn configured its loggers just now: no token reaches a line
+    # (its access log prints ?token= query strings as they came).
+    redact_tokens_everywhere()
+    uvicorn.Server(config).run()
 
 
 if __name__ == "__main__":

@@ -79,7 +79,10 @@ class Subscriber(Protocol):
         """The in-memory copy was replaced (after a core failure): start over
         against ``live.doc``."""
 
-    def ephemeral(self, doc_id: str, sender: str, data: bytes) -> None: ...
+    def ephemeral(self, doc_id: str, sender: str, data: bytes, source: object = None) -> None:
+        """Presence from another subscriber: ``sender`` is its authenticated
+        identity (what the frame says it is ``from``); ``source`` tells its
+        connections apart (two tabs of one user are two sources)."""
 
 
 class LiveDoc:
@@ -450,10 +453,12 @@ class Hub:
             raise ValueError(f"{len(planned.waiting)} changes lack dependencies the server does not have")
         return [change.hash for change in incoming]
 
-    def relay_ephemeral(self, live: LiveDoc, sender: Subscriber, data: bytes) -> None:
+    def relay_ephemeral(self, live: LiveDoc, sender: Subscriber, data: bytes, identity: str) -> None:
+        """Presence from ``sender``, relayed ``from`` its ``identity`` (the
+        principal's, never a name the peer chose) to everyone else on it."""
         for subscriber in list(live.subscribers):
             if subscriber is not sender:
-                subscriber.ephemeral(live.doc_id, sender.peer, data)
+                subscriber.ephemeral(live.doc_id, identity, data, sender)
 
     # --- recovery -----------------------------------------------------------
 

@@ -112,7 +112,7 @@ class LocalDoc:
     def doc_reloaded(self, doc_id: str) -> None:
         self._changed.set()
 
-    def ephemeral(self, doc_id: str, sender: str, data: bytes) -> None:
+    def ephemeral(self, doc_id: str, sender: str, data: bytes, source: object = None) -> None:
         pass
 
     def _close(self) -> None:

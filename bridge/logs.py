@@ -18,6 +18,7 @@ not fill the disk either.
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from .core.ratelimit import KeyedBuckets
@@ -60,3 +61,45 @@ def get_logger(name: str) -> logging.Logger:
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
     return logger
+
+
+# --- tokens never reach a log line ------------------------------------------------
+
+# What a credential looks like in a line: a query parameter, a Bearer header,
+# or a bare JWT (three base64url parts, the first a JSON header: "eyJ").
+_SECRETS = re.compile(r"(?i)(token=|bearer\s+)[^\s&\"'#]+|eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with every token in it replaced by ``[redacted]``."""
+    return _SECRETS.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+
+
+class RedactTokens(logging.Filter):
+    """Strips tokens from a record's message and from each of its string
+    arguments (uvicorn's access formatter reads its arguments by position,
+    so they stay a tuple). Installed on every handler by
+    :func:`redact_tokens_everywhere`, so lines from any logger — uvicorn's
+    access log (``GET /docs/x?token=...``) and its WebSocket lines included —
+    are covered."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        return True
+
+
+_REDACT = RedactTokens()
+
+
+def redact_tokens_everywhere() -> None:
+    """Add :class:`RedactTokens` to every handler of the root logger and of
+    uvicorn's loggers (call it after logging is configured)."""
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            if _REDACT not in handler.filters:
+                handler.addFilter(_REDACT)

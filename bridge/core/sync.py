@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 from automerge import core
 
 from .binding import CoreFailure, apply_chunks, call_core, expand_chunks
-from .chunks import Bounds, Change, ChunkError, encode_sync_message, parse_sync_message
+from .chunks import Bounds, Change, ChunkError, SyncMessage, encode_sync_message, parse_sync_message
 from .validate import ChangeIndex, plan
 
 __all__ = ["BadSyncMessage", "CoreFailure", "DocSync", "HashIndex", "apply_chunks", "expand_chunks"]
@@ -34,12 +34,17 @@ class BadSyncMessage(ValueError):
     of the message): they are part of the document now and must be accepted.
     ``full``: what was refused was refused only because the document reached
     its size bound (the peer hears ``quota``, not ``bad_sync``).
+    ``read_only``: the peer may not write, and its message carried changes
+    (it hears ``read_only``); nothing of them was applied.
     """
 
-    def __init__(self, message: str, applied: list[core.Change] | None = None, *, full: bool = False) -> None:
+    def __init__(
+        self, message: str, applied: list[core.Change] | None = None, *, full: bool = False, read_only: bool = False
+    ) -> None:
         super().__init__(message)
         self.applied = applied or []
         self.full = full
+        self.read_only = read_only
 
 
 class DocSync:
@@ -66,36 +71,38 @@ class DocSync:
         self.doc = doc
         self.reset()
 
-    def receive(self, data: bytes) -> list[core.Change]:
+    def receive(self, data: bytes, *, read_only: bool = False) -> list[core.Change]:
         """Apply one sync message; return the changes it added to the document.
 
         Raises :class:`BadSyncMessage` when (part of) the message is refused;
         the refused part is not applied. Raises :class:`CoreFailure` when the
         core failed while applying (the document may be damaged).
+
+        ``read_only`` (guarded only): the peer may not write. Its changes are
+        dropped unread, and so are heads we do not hold (they can only be
+        its own changes: naming them would make us ask for them, and the
+        peer would send them again and again); the rest of the message syncs,
+        so it keeps receiving what others write. Raises BadSyncMessage with
+        ``read_only`` if there were changes.
         """
         if self._index is None:
+            if read_only:
+                raise ValueError("a read-only peer's messages go through a guarded DocSync")
             return self._receive_trusted(data)
         index = self._index()
         try:
             message = parse_sync_message(data, self.bounds)
-            heads = self.doc.get_heads()
-            incoming = [change for item in message.chunks for change in expand_chunks(item, self.bounds, index.hashes, heads)]
+            if not read_only:
+                heads = self.doc.get_heads()
+                incoming = [c for item in message.chunks for c in expand_chunks(item, self.bounds, index.hashes, heads)]
         except ChunkError as exc:
             raise BadSyncMessage(f"refused sync message: {exc}") from None
+        if read_only:
+            return self._receive_read_only(message, index)
         planned = plan(index, incoming, self.waiting.values(), max_doc_ops=self.bounds.max_doc_ops)
-        # The core answers `need` by looking hashes up and panics on unknown
-        # ones; we can only ever send what we have.
-        message.need = [h for h in message.need if h in index.hashes]
-        # An unknown hash in `have.last_sync` makes the core answer every
-        # generate call with a reset message, forever.
-        for have in message.have:
-            have.last_sync = [h for h in have.last_sync if h in index.hashes]
+        self._sanitize(message, index)
         message.chunks = [change.chunk for change in planned.apply]
-        try:
-            decoded = core.Message.decode(encode_sync_message(message))
-        except Exception as exc:  # what we parsed, the core should read too
-            raise BadSyncMessage(f"refused sync message: {exc}") from None
-        applied = self._apply(decoded)
+        applied = self._apply(self._decode(message))
         self.waiting = {change.hash: change for change in planned.waiting}
         if planned.rejected:
             change, reason = planned.rejected[0]
@@ -109,6 +116,16 @@ class DocSync:
                 "wait for missing dependencies", applied)
         return applied
 
+    def _receive_read_only(self, message: SyncMessage, index: ChangeIndex) -> list[core.Change]:
+        carried = len(message.chunks)
+        message.chunks = []
+        message.heads = [h for h in message.heads if h in index.hashes]
+        self._sanitize(message, index)
+        self._apply(self._decode(message))
+        if carried:
+            raise BadSyncMessage("you may read this document, not write it: your changes were not applied", read_only=True)
+        return []
+
     def _receive_trusted(self, data: bytes) -> list[core.Change]:
         try:
             message = core.Message.decode(data)
@@ -120,6 +137,23 @@ class DocSync:
         except Exception as exc:
             raise BadSyncMessage(f"sync message rejected: {exc}", self._since(before)) from None
         return self._since(before)
+
+    @staticmethod
+    def _decode(message: SyncMessage) -> core.Message:
+        try:
+            return core.Message.decode(encode_sync_message(message))
+        except Exception as exc:  # what we parsed, the core should read too
+            raise BadSyncMessage(f"refused sync message: {exc}") from None
+
+    @staticmethod
+    def _sanitize(message: SyncMessage, index: ChangeIndex) -> None:
+        # The core answers `need` by looking hashes up and panics on unknown
+        # ones; we can only ever send what we have.
+        message.need = [h for h in message.need if h in index.hashes]
+        # An unknown hash in `have.last_sync` makes the core answer every
+        # generate call with a reset message, forever.
+        for have in message.have:
+            have.last_sync = [h for h in have.last_sync if h in index.hashes]
 
     def _apply(self, message: core.Message) -> list[core.Change]:
         before = self.doc.get_heads()

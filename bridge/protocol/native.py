@@ -90,7 +90,16 @@ class Bye(_Msg, tag="bye"):
     pass
 
 
-ClientMessage = Union[Hello, Open, Sync, Flush, Close, Eph, Bye]
+class Auth(_Msg, tag="auth"):
+    """Replace the connection's token (a refresh before ``welcome.expires_in``
+    runs out). No answer when it is accepted; ``opened`` again for a document
+    whose access changed, ``error forbidden`` (and the document closed) for
+    one it may no longer read; close 4401 when it is refused."""
+
+    token: Annotated[str, msgspec.Meta(max_length=MAX_TOKEN)]
+
+
+ClientMessage = Union[Hello, Open, Sync, Flush, Close, Eph, Bye, Auth]
 
 
 # --- server -> client -------------------------------------------------------
@@ -102,6 +111,21 @@ class Welcome(_Msg, tag="welcome", omit_defaults=False):
     session: str
     caps: list[str] = []
     limits: dict[str, int] = {}
+    # Who the bridge takes this connection for: the ``from`` of its relayed
+    # ``eph``. None from servers that predate it.
+    identity: str | None = None
+    # Seconds until the token expires and the connection closes with 4401
+    # unless an ``auth`` frame brought a fresh one; None: it does not expire.
+    expires_in: float | None = None
+
+
+class Opened(_Msg, tag="opened"):
+    """The answer to ``open`` (before its first ``saved``): the document is
+    open, and what this connection may do with it. Sent again when an
+    ``auth`` changed it. Older clients ignore it (an unknown ``t``)."""
+
+    doc: str
+    access: str  # "read" or "write"
 
 
 class Saved(_Msg, tag="saved"):
@@ -127,7 +151,7 @@ class Error(_Msg, tag="error"):
     id: int | None = None
 
 
-ServerMessage = Union[Welcome, Sync, Saved, Flushed, EphRelay, Error]
+ServerMessage = Union[Welcome, Sync, Saved, Flushed, EphRelay, Error, Opened]
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -72,11 +72,16 @@ def create_app(
     create_on_open: bool = True,
     bounds: Bounds | None = None,
     web_dir: str | Path | None = WEB_DIST,
+    reader_presence: bool = True,
 ) -> Starlette:
     """Build the bridge.
 
     ``store`` is a :class:`~bridge.storage.Store`, a store URL (``memory:``,
     ``sqlite:///path``) or None for SQLite at ``data_dir/bridge.sqlite3``.
+    ``authenticate``: a hook (:mod:`bridge.auth`), e.g.
+    ``bridge.tokens.TokenAuth(secret=...)``; None lets everyone read and
+    write everything. ``reader_presence``: relay ``eph`` from read-only
+    principals (viewers' cursors) too.
     """
     if store is None:
         store = f"sqlite:///{Path(data_dir) / 'bridge.sqlite3'}"
@@ -141,7 +146,7 @@ def create_app(
         try:
             session = PeerSession(
                 hub, server_peer=server_peer, limits=limits, address=address,
-                identity_verified=authenticate is not None, ledger=ledger,
+                identity_verified=authenticate is not None, ledger=ledger, reader_presence=reader_presence,
             )
             session.on_welcome = ticket.welcomed
             pump = SocketPump(websocket, session, hub, limits=limits, authenticate=authenticate)

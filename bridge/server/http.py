@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..auth import Authenticate, AuthRequest, Principal, authenticate as run_authenticate, bearer_token, quota_key
+from ..auth import WRITE, Authenticate, AuthRequest, Principal, authenticate as run_authenticate, bearer_token, quota_key
 from ..config import Limits
 from ..hub import DocNotFound, DocUnavailable, Hub
-from ..errors import HTTP_STATUS, FlushTimeout, QuotaExceeded
+from ..errors import HTTP_STATUS, ErrorCode, FlushTimeout, QuotaExceeded
 from ..local import open_local
 from ..protocol.native import valid_doc_id
 from ..values import heads_hex, to_json
@@ -36,15 +36,23 @@ def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authent
         request_ = AuthRequest.from_connection(request, peer="http", token=bearer_token(request), transport="http")
         return await run_authenticate(authenticate, request_)
 
-    def doc_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    def doc_route(handler: Handler, *, writes: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        """``writes``: the route changes the document (or creates it), so the
+        principal must be allowed to write it; every route needs read."""
+
         async def endpoint(request: Request) -> Response:
             principal = await principal_of(request)
             if principal is None:
-                return error(401, "unauthorized", "missing or bad token")
-            request.state.principal = principal  # scopes (may_read/may_write) are enforced later
+                return error(401, "unauthorized", "missing, bad or expired token")
+            request.state.principal = principal
             doc_id = request.path_params["doc_id"]
             if not valid_doc_id(doc_id):
                 return error(400, "bad_doc_id", "document ids are 1-256 chars of [A-Za-z0-9._:~-]")
+            access = principal.access(doc_id)
+            if access is None:
+                return error(403, ErrorCode.FORBIDDEN, "you may not read this document")
+            if writes and access != WRITE:
+                return error(403, ErrorCode.READ_ONLY, "you may read this document, not write it: nothing was merged")
             try:
                 return await handler(request, doc_id, get_hub())
             except QuotaExceeded as exc:
@@ -98,7 +106,7 @@ def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authent
 
     return [
         Route("/docs/{doc_id}", doc_route(get_doc)),
-        Route("/docs/{doc_id}/changes", doc_route(post_changes), methods=["POST"]),
+        Route("/docs/{doc_id}/changes", doc_route(post_changes, writes=True), methods=["POST"]),
         Route("/docs/{doc_id}/durable", doc_route(get_durable)),
     ]
 

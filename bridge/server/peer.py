@@ -76,7 +76,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Mapping, Union
 
-from ..auth import Principal, quota_key
+from ..auth import READ, WRITE, Principal, quota_key
 from ..config import Limits
 from ..core.binding import CoreFailure
 from ..core.outbox import Outbox
@@ -89,6 +89,7 @@ from ..protocol import native as m
 log = get_logger(__name__)
 
 HANDSHAKE = "handshake"  # timer: no hello in time
+EXPIRY = "expiry"  # timer: the principal's token expires
 SAVED = "saved"  # timer: send the coalesced `saved` heads of others' commits
 
 BAD_DOC_ID_TEXT = "document ids are 1-256 chars of [A-Za-z0-9._:~-]"
@@ -200,19 +201,25 @@ class CancelTimer:
 
 @dataclass(frozen=True, slots=True)
 class Authenticate:
-    """Gating: run the auth hook on ``hello`` (plus the upgrade request), feed ``Authenticated``."""
+    """Gating: run the auth hook on ``hello`` (plus the upgrade request), feed
+    ``Authenticated``. ``token``: an ``auth`` frame's fresh token, judged in
+    place of the hello's."""
 
     hello: m.Hello
+    token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """Gating: ``await hub.subscribe(doc_id, session, creator=creator)``, feed
-    ``DocOpened`` (or ``DocOpenFailed`` for DocNotFound, DocUnavailable and
-    QuotaExceeded). ``creator`` is who a new document is charged to."""
+    """Gating: ``await hub.subscribe(doc_id, session, create=create,
+    creator=creator)``, feed ``DocOpened`` (or ``DocOpenFailed`` for
+    DocNotFound, DocUnavailable and QuotaExceeded). ``create``: whether an
+    unknown document may be created (the principal may write it; None: the
+    hub's default); ``creator`` is who a new document is charged to."""
 
     doc_id: str
     creator: str
+    create: bool | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -286,6 +293,8 @@ class PeerSession:
         address: str = "?",
         identity_verified: bool = False,
         ledger: ClientLedger | None = None,
+        reader_presence: bool = True,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.hub = hub
         self.server_peer = server_peer
@@ -319,6 +328,11 @@ class PeerSession:
         # own (tests) keeps a private one.
         self.ledger = ledger or ClientLedger.from_limits(limits)
         self._allowance: Allowance | None = None  # from the ledger at the welcome
+        # Whether read-only principals' `eph` is relayed (viewers' presence).
+        self.reader_presence = reader_presence
+        self.wall = wall  # epoch seconds: what token expiry is written in
+        self._access: dict[str, str] = {}  # per open document: "read" or "write"
+        self._expiry_watched = False
         self._client_key: str | None = None
         self._hello_bytes = 0
 
@@ -467,6 +481,9 @@ class PeerSession:
             # extend it, and a slow auth hook is inside it too.
             if self.state in (self.AWAITING_HELLO, self.AUTHENTICATING):
                 self._close(CloseCode.HANDSHAKE_TIMEOUT, "no handshake in time", effects)
+        elif name == EXPIRY:
+            if self.principal is not None and not self._expired(self.principal, effects):
+                self._watch_expiry(self.principal, effects)  # refreshed meanwhile: watch the new one
         elif name == SAVED:
             self._saved_timer = False
             pending, self._lazy_saved = self._lazy_saved, {}
@@ -484,11 +501,16 @@ class PeerSession:
         self._gated(Authenticate(message), effects)
 
     def _on_authenticated(self, principal: Principal | None, effects: list[Effect]) -> None:
-        if self.state != self.AUTHENTICATING or not isinstance(self._gate, Authenticate):
+        if not isinstance(self._gate, Authenticate) or self.state not in (self.AUTHENTICATING, self.OPEN):
             raise RuntimeError("Authenticated without an Authenticate to answer")
         self._gate = None
+        if self.state == self.OPEN:
+            self._on_refreshed(principal, effects)
+            return
         if principal is None:
             self._close(CloseCode.UNAUTHORIZED, "unauthorized", effects)
+            return
+        if self._expired(principal, effects):
             return
         assert self._hello is not None
         self.principal = principal
@@ -506,8 +528,61 @@ class PeerSession:
         self.state = self.OPEN
         self.on_welcome()  # the HANDSHAKE timer, when it fires, finds us OPEN
         limits = {"max_frame_bytes": self.limits.max_frame_bytes, "max_docs": self.limits.max_docs_per_connection}
-        welcome = m.Welcome(v=m.PROTOCOL_VERSION, peer=self.server_peer, session=self.session_id, caps=[], limits=limits)
+        welcome = m.Welcome(v=m.PROTOCOL_VERSION, peer=self.server_peer, session=self.session_id, caps=[], limits=limits,
+                            identity=principal.identity, expires_in=self._expires_in(principal))
         effects.append(Send(m.encode(welcome)))
+        self._watch_expiry(principal, effects)
+
+    # --- tokens that expire, and their refresh ------------------------------------
+
+    def _expires_in(self, principal: Principal) -> float | None:
+        if principal.expires_at is None:
+            return None
+        return round(principal.expires_at - self.wall(), 3)
+
+    def _expired(self, principal: Principal, effects: list[Effect]) -> bool:
+        left = self._expires_in(principal)
+        if left is not None and left <= 0:
+            self._close(CloseCode.UNAUTHORIZED, "token expired", effects)
+            return True
+        return False
+
+    def _watch_expiry(self, principal: Principal, effects: list[Effect]) -> None:
+        left = self._expires_in(principal)
+        if left is not None:
+            effects.append(StartTimer(EXPIRY, left))
+        elif self._expiry_watched:  # refreshed with a token that does not expire
+            effects.append(CancelTimer(EXPIRY))
+        self._expiry_watched = left is not None
+
+    def _on_auth(self, message: m.Auth, effects: list[Effect]) -> None:
+        assert self._hello is not None
+        self._gated(Authenticate(self._hello, token=message.token), effects)
+
+    def _on_refreshed(self, principal: Principal | None, effects: list[Effect]) -> None:
+        """An ``auth`` frame's token was judged. The identity may not change
+        mid-connection (what others were told this peer is); its access may:
+        documents it may no longer read are closed with ``forbidden``, and
+        ``opened`` tells it of any other change."""
+        assert self.principal is not None
+        if principal is None:
+            self._close(CloseCode.UNAUTHORIZED, "unauthorized: the new token was refused", effects)
+            return
+        if principal.identity != self.principal.identity:
+            self._close(CloseCode.UNAUTHORIZED, "unauthorized: a token for another identity", effects)
+            return
+        if self._expired(principal, effects):
+            return
+        self.principal = principal
+        self._watch_expiry(principal, effects)
+        for doc_id in list(self._docs):
+            access = principal.access(doc_id)
+            if access is None:
+                self._forget(doc_id)
+                self._error(ErrorCode.FORBIDDEN, "the new token does not grant this document", doc_id)
+            elif access != self._access.get(doc_id):
+                self._access[doc_id] = access
+                self._send(m.Opened(doc=doc_id, access=access))
 
     # --- frames -----------------------------------------------------------------------
 
@@ -522,11 +597,14 @@ class PeerSession:
         elif isinstance(message, m.Flush):
             self._on_flush(message, effects)
         elif isinstance(message, m.Eph):
-            if self._opened(message.doc):
+            if self._opened(message.doc) and (self.reader_presence or self._access[message.doc] == WRITE):
                 live, _ = self._docs[message.doc]
-                self.hub.relay_ephemeral(live, self, message.data)
+                assert self.principal is not None
+                self.hub.relay_ephemeral(live, self, message.data, self.principal.identity)
         elif isinstance(message, m.Close):
             self._forget(message.doc)
+        elif isinstance(message, m.Auth):
+            self._on_auth(message, effects)
         elif isinstance(message, m.Bye):
             self._close(CloseCode.NORMAL, "bye", effects)
         else:  # a second hello
@@ -542,21 +620,29 @@ class PeerSession:
         return False
 
     def _on_open(self, doc_id: str, effects: list[Effect]) -> None:
+        assert self.principal is not None
         if not m.valid_doc_id(doc_id):
             self._error(ErrorCode.BAD_DOC_ID, BAD_DOC_ID_TEXT, doc_id)
+        elif (access := self.principal.access(doc_id)) is None:
+            # Nothing of it is sent, not even whether it exists.
+            self._error(ErrorCode.FORBIDDEN, "you may not read this document", doc_id)
         elif doc_id in self._docs:  # re-open: the peer starts over
             self._docs[doc_id][1].reset()
             self._opened_now(doc_id)
         elif len(self._docs) >= self.limits.max_docs_per_connection:
             self._error(ErrorCode.TOO_MANY_DOCS, f"at most {self.limits.max_docs_per_connection} open documents", doc_id)
         else:
-            self._gated(Subscribe(doc_id, self.client_key), effects)
+            # Creating a document is writing it.
+            self._gated(Subscribe(doc_id, self.client_key, create=None if access == WRITE else False), effects)
 
     def _on_doc_opened(self, doc_id: str, live: LiveDoc) -> None:
+        assert self.principal is not None
         self._docs[doc_id] = (live, live.guarded_sync(self.hub.bounds))
+        self._access[doc_id] = self.principal.access(doc_id) or READ
         self._opened_now(doc_id)
 
     def _opened_now(self, doc_id: str) -> None:
+        self._send(m.Opened(doc=doc_id, access=self._access[doc_id]))
         self.doc_changed(doc_id)
         # Tell the peer what is durable already: a client waits for its
         # document to include these heads before it calls the open complete.
@@ -572,10 +658,11 @@ class PeerSession:
             self._gated(WaitForRecovery(message.doc, live.recovering, retry=message), effects)
             return
         try:
-            changes = sync.receive(message.data)
+            changes = sync.receive(message.data, read_only=self._access[message.doc] == READ)
         except BadSyncMessage as exc:
             log.warning("peer %s doc %s: %s", self.peer, message.doc, exc)
-            self._error(ErrorCode.QUOTA if exc.full else ErrorCode.BAD_SYNC, str(exc), message.doc)
+            code = ErrorCode.READ_ONLY if exc.read_only else ErrorCode.QUOTA if exc.full else ErrorCode.BAD_SYNC
+            self._error(code, str(exc), message.doc)
             # The valid part (if any) is accepted, and accept() answers it.
             # Nothing more: an answer to a refusal would name the refused
             # heads as needed, and the peer would send them again at once,
@@ -607,9 +694,13 @@ class PeerSession:
         # The documents as they are now, while the flush is read: the answer
         # comes later, and the peer may `close` one of them meanwhile.
         docs = {doc_id: self._docs[doc_id][0] for doc_id in message.docs}
-        effects.append(WaitDurable(message.id, docs, dict(message.docs), self.limits.flush_timeout))
+        # A reader has nothing of its own to wait for: its heads are whatever
+        # it was sent, and its changes are never applied.
+        heads = {doc_id: [] if self._access[doc_id] == READ else heads for doc_id, heads in message.docs.items()}
+        effects.append(WaitDurable(message.id, docs, heads, self.limits.flush_timeout))
 
     def _forget(self, doc_id: str) -> None:
+        self._access.pop(doc_id, None)
         if self._docs.pop(doc_id, None) is not None:
             self.hub.unsubscribe(doc_id, self)
         self._lazy_saved.pop(doc_id, None)
@@ -697,8 +788,10 @@ class PeerSession:
             self._deferred.append(StartTimer(SAVED, self.limits.saved_interval))
             self.wakeup()
 
-    def ephemeral(self, doc_id: str, sender: str, data: bytes) -> None:
-        # Presence is latest-state: only the newest eph per (doc, sender)
-        # waits for the socket, so a flood from one sender cannot fill this
-        # peer's control queue (the sender is held by its own rate limit).
-        self.outbox.push_latest(("eph", doc_id, sender), m.encode(m.EphRelay(doc=doc_id, from_=sender, data=data)))
+    def ephemeral(self, doc_id: str, sender: str, data: bytes, source: object = None) -> None:
+        # Presence is latest-state: only the newest eph per (doc, sending
+        # connection) waits for the socket, so a flood from one sender cannot
+        # fill this peer's control queue (the sender is held by its own rate
+        # limit), and two tabs of one user do not overwrite each other.
+        key = ("eph", doc_id, id(source) if source is not None else sender)
+        self.outbox.push_latest(key, m.encode(m.EphRelay(doc=doc_id, from_=sender, data=data)))

@@ -32,6 +32,7 @@ Close codes: the session's ``Close``; a fatal frame (text: 4400, too big:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from ..logs import get_logger
@@ -158,11 +159,14 @@ class SocketPump:
                     scope.cancel()
             elif isinstance(effect, p.Authenticate):
                 request = AuthRequest.from_hello(effect.hello, self.ws)
+                if effect.token is not None:  # an `auth` frame's fresh token
+                    request = dataclasses.replace(request, token=effect.token)
                 principal = await authenticate(self.authenticate, request)
                 await self._feed(p.Authenticated(principal))
             elif isinstance(effect, p.Subscribe):
                 try:
-                    live = await self.hub.subscribe(effect.doc_id, self.session, creator=effect.creator)
+                    live = await self.hub.subscribe(
+                        effect.doc_id, self.session, create=effect.create, creator=effect.creator)
                 except (DocNotFound, DocUnavailable, QuotaExceeded) as exc:
                     await self._feed(p.DocOpenFailed(effect.doc_id, exc))
                 else:

@@ -180,6 +180,7 @@ async def test_handshake_ok():
         assert welcome == {
             "t": "welcome", "v": 1, "peer": "bridge-test", "session": "s-1", "caps": [],
             "limits": {"max_frame_bytes": Limits().max_frame_bytes, "max_docs": Limits().max_docs_per_connection},
+            "identity": "alice@example", "expires_in": None,
         }
         assert session.state == PeerSession.OPEN
         assert session.principal == Principal("alice@example") and session.peer == "alice"
@@ -457,7 +458,7 @@ async def test_core_failure_reloads_the_document_and_costs_the_sender_a_bad_sync
         session = connected(hub)
         await open_doc(session, hub, "fragile")
 
-        def explode(self, data):
+        def explode(self, data, **kwargs):
             raise CoreFailure("panic")
 
         monkeypatch.setattr(DocSync, "receive", explode)
