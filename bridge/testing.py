@@ -105,14 +105,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_in_subprocess(data_dir: str | Path, *, port: int | None = None, extra_args: list[str] = ()) -> Iterator[RunningBridge]:
-    """``automerge-bridge serve`` as a child process (what a user runs)."""
+def serve_in_subprocess(
+    data_dir: str | Path, *, port: int | None = None, extra_args: list[str] = (), log: str | Path | None = None
+) -> Iterator[RunningBridge]:
+    """``automerge-bridge serve`` as a child process (what a user runs);
+    ``log``: a file its output goes to (appended), else this process's."""
     port = port or free_port()
+    output = open(log, "ab") if log is not None else None
     process = subprocess.Popen(
         [sys.executable, "-m", "bridge.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
          "--log-level", "warning", *extra_args],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=output, stderr=output,
     )
+    if output is not None:
+        output.close()  # the child holds its own copy
     bridge = RunningBridge("127.0.0.1", port, process=process)
     try:
         wait_healthy(bridge)
