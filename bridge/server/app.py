@@ -133,17 +133,20 @@ def create_app(
         hub: Hub = app.state.hub
         address = websocket.client.host if websocket.client else "?"
         ticket = admission.admit(address)
-        blocked = ledger.blocked_for(quota_key(None, address, False), time.monotonic())
-        if blocked:  # closed for its rate, and back before the delay it was given
-            if not isinstance(ticket, Refusal):
-                ticket.release()
-            ticket = Refusal("rate limited, and reconnected too soon", blocked)
         if isinstance(ticket, Refusal):
             log.warning("refused a connection from %s: %s", address, ticket.reason)
             await websocket.accept()
             await websocket.close(CloseCode.RATE_LIMITED, f"retry after {ticket.retry_after} s: {ticket.reason}"[:120])
             return
         try:
+            # Closed for its rate, and back before the delay it was given: held
+            # (before its handshake, counted as unauthenticated) until the delay
+            # is over. Refusing at once would only invite the next attempt:
+            # a client that reconnects in a loop costs a handshake per attempt.
+            blocked = ledger.blocked_for(quota_key(None, address, False), time.monotonic())
+            if blocked:
+                log.info("holding a connection from %s for %d s: rate limited, and reconnected too soon", address, blocked)
+                await anyio.sleep(min(blocked, limits.handshake_timeout))
             session = PeerSession(
                 hub, server_peer=server_peer, limits=limits, address=address,
                 identity_verified=authenticate is not None, ledger=ledger, reader_presence=reader_presence,
