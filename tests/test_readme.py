@@ -17,7 +17,7 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def example(name: str) -> str:
-    blocks = re.findall(r"```python\n(# readme-example: (\w+)\n.*?)```", README, re.S)
+    blocks = re.findall(r"```python\n(# readme-example: ([\w-]+)\n.*?)```", README, re.S)
     return {label: code for code, label in blocks}[name]
 
 
@@ -75,3 +75,62 @@ def test_the_readme_lists_every_limit_with_its_default_flag_and_variable():
         assert f"`{option.env}`" in row
         assert row.split(" | ")[1] == shown_default(option), f"{option.flag}: the README's default is stale"
         assert option.help.split(" [env")[0] in row, f"{option.flag}: the README's text differs from --help"
+
+
+SECRET = "readme-secret-" + "z" * 30
+
+
+def test_mint_examples_make_tokens_the_bridge_accepts(tmp_path, monkeypatch):
+    """The Python (PyJWT) and Node (node:crypto) minting examples."""
+    import json
+    import subprocess
+
+    from bridge.tokens import TokenAuth
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "secret.txt").write_text(SECRET + "\n")
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(compile(example("mint"), "README.md", "exec"), {"__name__": "readme"})
+    blocks = dict((label, code) for code, label in re.findall(r"```js\n(// readme-example: ([\w-]+)\n.*?)```", README, re.S))
+    (tmp_path / "mint.mjs").write_text(blocks["mint-node"])
+    node = subprocess.run(["node", "mint.mjs"], capture_output=True, text=True, check=True, cwd=tmp_path)
+    auth = TokenAuth(secret=SECRET)
+    for printed in (output.getvalue().strip(), node.stdout.strip()):
+        principal = auth.verify(printed)
+        assert principal.identity == "alice"
+        assert [principal.access(d) for d in ("invoice-9", "catalog", "payroll")] == ["write", "read", None]
+        assert json.loads(json.dumps(principal.docs))  # plain data
+
+
+def test_fastapi_hook_example(tmp_path, monkeypatch):
+    import websockets
+    from bridge.protocol import native as m
+
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(example("fastapi-hook"), "README.md", "exec"), namespace)
+
+    async def run(url: str) -> None:
+        cookie = {"Cookie": "session=c2Vzc2lvbg"}
+        async with websockets.connect(f"{url}/bridge/sync", additional_headers=cookie) as ws:
+            await ws.send(m.encode(m.Hello(v=[1], peer="tab")))
+            assert m.decode_server(await ws.recv()).identity == "alice"
+            for doc in ("alice-notes", "shared-board", "bob-notes"):
+                await ws.send(m.encode(m.Open(doc=doc)))
+            answers = []
+            with anyio.fail_after(10):
+                while len(answers) < 3:
+                    message = m.decode_server(await ws.recv())
+                    if isinstance(message, (m.Opened, m.Error)):
+                        answers.append((message.doc, getattr(message, "access", None) or message.code))
+        # Alice writes hers; a shared one does not exist and she may not create it; Bob's is not hers.
+        assert answers == [("alice-notes", "write"), ("shared-board", "not_found"), ("bob-notes", "forbidden")]
+        async with websockets.connect(f"{url}/bridge/sync") as ws:  # no session cookie
+            await ws.send(m.encode(m.Hello(v=[1], peer="stranger")))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd.code == 4401
+
+    with serve_in_thread(namespace["app"]) as running:
+        anyio.run(run, f"ws://127.0.0.1:{running.port}")
