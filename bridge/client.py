@@ -31,11 +31,27 @@ time raises :class:`~bridge.errors.FlushTimeout`; the client gives up for good
 4400, 4401, 4403 and 1009 (:class:`~bridge.errors.ConnectionClosed`). 1001 and
 4409 reconnect at once (with jitter), 4429 after the delay in the close
 reason (seconds), anything else with backoff.
+
+Authorization: ``token`` is a string, or a *token provider*: a callable
+returning the token (or an awaitable of it), called at each (re)connect.
+With a provider the client refreshes the token before the server's
+``welcome.expires_in`` runs out (an ``auth`` frame on the live connection),
+and a close 4401 (token refused or expired) fetches a fresh token and
+reconnects once; refused again before a welcome, the client gives up
+(:class:`~bridge.errors.ConnectionClosed` 4401). With a static token 4401 is
+fatal at once. A document the server opened read-only
+(:attr:`RemoteDoc.read_only`) refuses local changes
+(:class:`~bridge.errors.ReadOnly`, before touching the local copy). The
+token is never logged.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import inspect
 import itertools
+import json
 import logging
 import random
 import re
@@ -43,7 +59,7 @@ import secrets
 import sys
 import time
 from contextlib import contextmanager
-from typing import AsyncIterator, Iterator, Protocol, get_args
+from typing import AsyncIterator, Awaitable, Callable, Iterator, Protocol, Union, get_args
 
 import anyio
 import httpx
@@ -62,7 +78,9 @@ from .errors import (
     ConnectionRejected,
     DocError,
     FlushTimeout,
+    Forbidden,
     ProtocolError,
+    ReadOnly,
 )
 from .protocol import native as m
 from .tasks import first_leaf, race
@@ -75,7 +93,9 @@ __all__ = [
     "DocError",
     "FlushTimeout",
     "PendingFlush",
+    "ReadOnly",
     "RemoteDoc",
+    "TokenProvider",
 ]
 
 log = logging.getLogger(__name__)
@@ -92,6 +112,19 @@ MAX_RATE_LIMIT_DELAY = 600.0
 # A session shorter than this does not reset the backoff: a server that
 # welcomes and then drops us every time must not be hammered.
 STABLE_SESSION_SECONDS = 1.0
+
+# A token is refreshed at max(lifetime - REFRESH_MARGIN, lifetime * REFRESH_FRACTION)
+# after it was handed over; refreshes of a token provider that hands out
+# short-lived (or cached, nearly expired) tokens are at least
+# min(MIN_REFRESH_INTERVAL, the first refresh delay) apart, and a provider that
+# failed is asked again after that long.
+REFRESH_MARGIN = 30.0
+REFRESH_FRACTION = 0.8
+MIN_REFRESH_INTERVAL = 1.0
+
+# A token, or what the client calls for a fresh one at each (re)connect and
+# before the current one expires.
+TokenProvider = Callable[[], Union[str, Awaitable[str]]]
 
 # What ends a connection without making reconnecting pointless.
 _TRANSIENT = (
@@ -140,6 +173,52 @@ def _has_unknown_type(frame: bytes) -> bool:
     except Exception:  # not a map, malformed MessagePack...: a bad frame
         return False
     return isinstance(t, str) and t not in _SERVER_TAGS
+
+
+# --- tokens -------------------------------------------------------------------
+
+
+def refresh_delay(lifetime: float) -> float:
+    """When to refresh a token that expires in ``lifetime`` seconds."""
+    return max(0.0, lifetime - REFRESH_MARGIN, lifetime * REFRESH_FRACTION)
+
+
+def _token_exp(token: str | None) -> float | None:
+    """The ``exp`` claim of a JWT, read without checking anything (only to
+    schedule the next refresh; the server judges the token). None for
+    anything else."""
+    if not token or token.count(".") != 2:
+        return None
+    payload = token.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+
+
+_TOKEN_IN_URL = re.compile(r"(?i)(token=)[^&#\s'\"]+")
+
+
+class _Scrubber:
+    """Keeps tokens out of log lines (a token on the URL, or a provider's)."""
+
+    KEEP = 4  # the latest tokens: one in use, one being handed over, and some slack
+
+    def __init__(self) -> None:
+        self.secrets: list[str] = []
+
+    def remember(self, token: str | None) -> None:
+        if token and token not in self.secrets:
+            self.secrets = [*self.secrets[-(self.KEEP - 1) :], token]
+
+    def __call__(self, text: object) -> str:
+        text = _TOKEN_IN_URL.sub(r"\1***", str(text))
+        for secret in self.secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
 
 # --- the interface between documents and their client -----------------------
@@ -225,6 +304,11 @@ class RemoteDoc:
         self._progress = anyio.Event()  # any sync, saved, error, or client state change
         self.error: DocError | None = None
         self.closed = False
+        # What the server lets this client do with the document ("read" or
+        # "write"), from its latest `opened`; None until one arrives (servers
+        # that predate it never send one). Kept across reconnects until the
+        # next `opened` says otherwise: a change must not slip in meanwhile.
+        self.access: str | None = None
 
     # --- reading ------------------------------------------------------------
 
@@ -253,11 +337,22 @@ class RemoteDoc:
         """True while some local change is not known durable on the server."""
         return self._target is not None
 
+    @property
+    def read_only(self) -> bool:
+        """True when the server opened the document read-only for this
+        client: :meth:`change` raises :class:`~bridge.errors.ReadOnly`."""
+        return self.access == "read"
+
     # --- writing ------------------------------------------------------------
 
     @contextmanager
     def change(self) -> Iterator[MapWriteProxy]:
-        """Edit in one transaction; it is sent as soon as the link allows."""
+        """Edit in one transaction; it is sent as soon as the link allows.
+
+        Raises :class:`~bridge.errors.ReadOnly` on a read-only document,
+        before anything is changed (the local copy does not diverge)."""
+        if self.read_only:
+            raise ReadOnly(f"{self.id} is read-only for this client", doc=self.id)
         before = self.heads
         with self._doc.transaction() as tx:
             yield MapWriteProxy(tx, core.ROOT, None)
@@ -270,8 +365,23 @@ class RemoteDoc:
         """Return once the server has made every local change durable.
 
         Survives reconnects; raises :class:`~bridge.errors.FlushTimeout`
-        after ``timeout`` (default: the client's ``flush_timeout``)."""
-        return (await self._host.flush({self.id: self.heads}, timeout))[self.id]
+        after ``timeout`` (default: the client's ``flush_timeout``), and
+        :class:`~bridge.errors.ReadOnly` / :class:`~bridge.errors.Forbidden`
+        when the server refused this document's changes / access. On a
+        read-only document it returns the server's durable heads at once
+        (there is nothing of ours to wait for)."""
+        self._raise_access_error()
+        heads = (await self._host.flush({self.id: self.heads}, timeout))[self.id]
+        self._raise_access_error()
+        return heads
+
+    def _raise_access_error(self) -> None:
+        if self.read_only and self.unsaved and self.error is None:
+            # Changes made before the server said "read" (offline, or before
+            # an `auth` took write access away): they will never be durable.
+            self.refused(ReadOnly(f"{self.id} is read-only: local changes were not accepted", doc=self.id))
+        if isinstance(self.error, (ReadOnly, Forbidden)):
+            raise self.error
 
     # --- waiting ------------------------------------------------------------
 
@@ -351,7 +461,18 @@ class RemoteDoc:
 
     def refused(self, error: DocError) -> None:
         """An ``error`` frame about this document."""
+        if isinstance(self.error, Forbidden) and not isinstance(error, Forbidden):
+            return  # closed to us (an `auth` took read access away): what follows is its echo (not_open...)
         self.error = error
+        self.wake()
+
+    def opened(self, access: str) -> None:
+        """The server opened the document (again) with this access: a refusal
+        it no longer stands by (forbidden; read_only, now that we may write)
+        is forgotten."""
+        self.access = access
+        if isinstance(self.error, Forbidden) or (isinstance(self.error, ReadOnly) and access != "read"):
+            self.error = None
         self.wake()
 
     def wake(self, changed: bool = False) -> None:
@@ -402,7 +523,7 @@ class BridgeClient:
         url: str,
         *,
         peer: str | None = None,
-        token: str | None = None,
+        token: str | TokenProvider | None = None,
         flush_timeout: float = 30.0,
         backoff_initial: float = 0.05,
         backoff_max: float = 5.0,
@@ -410,7 +531,7 @@ class BridgeClient:
     ) -> None:
         self.url = url
         self.peer = peer or f"py-{secrets.token_hex(4)}"
-        self.token = token
+        self.token = token  # as given: a string, a token provider, or None
         self.flush_timeout = flush_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -419,6 +540,10 @@ class BridgeClient:
         self.status = "connecting"  # connecting | offline | saving | saved | closed
         self.connections = 0  # successful handshakes so far
         self.failure: BridgeError | None = None  # why the client gave up, if it did
+        self.session: str | None = None  # the server's session id, from the latest welcome
+        self.identity: str | None = None  # who the server takes us for (welcome.identity)
+        self._scrub = _Scrubber()
+        self._unauthorized_retry = False  # a 4401 spent the one retry: until a welcome, 4401 is fatal
         self._link = _Link(self)
         self._state = "connecting"  # the connection: connecting | online | offline | closed
         self._outbox = Outbox()
@@ -459,8 +584,10 @@ class BridgeClient:
         durable in time (the client stays open then)."""
         if self._closing:
             return
-        if self.docs and self.failure is None:
-            await self._request_flush({d.id: d.heads for d in self.docs.values()}, timeout)
+        # Read-only documents have nothing of ours to flush, closed ones cannot.
+        writable = {d.id: d.heads for d in self.docs.values() if not d.read_only and not isinstance(d.error, Forbidden)}
+        if writable and self.failure is None:
+            await self._request_flush(writable, timeout)
         self._closing = True
         self._outbox.push(m.encode(m.Bye()))
         with anyio.move_on_after(5):
@@ -529,8 +656,13 @@ class BridgeClient:
         that needs the server's content checks ``doc.synced`` or awaits
         ``doc.wait_synced()`` (or ``client.wait_online()`` before opening).
 
+        When the server says how the document is open (``opened``, before
+        its first ``saved``), :attr:`RemoteDoc.read_only` is set by the time
+        this returns online.
+
         Raises the :class:`~bridge.errors.DocError` for a refusal
-        (``Forbidden``, ``BadDocId``...), the client's failure if it gave up
+        (``Forbidden``, ``NotFound``, ``QuotaExceeded``, ``BadDocId``...),
+        the client's failure if it gave up
         (``ConnectionRejected``, ``ConnectionClosed``), and TimeoutError if
         the initial sync does not finish within ``timeout`` while connected
         (or while the first connection attempt is still under way).
@@ -623,6 +755,8 @@ class BridgeClient:
             attempt += 1
 
     def _reconnect_delay(self, attempt: int, established: bool, close_code: int | None, reason: str) -> float:
+        if close_code == CloseCode.UNAUTHORIZED:
+            return random.uniform(0, self.backoff_initial)  # the one retry with a fresh token
         if close_code == CloseCode.RATE_LIMITED:
             found = re.search(r"\d+(?:\.\d+)?", reason)
             if found:
@@ -634,7 +768,7 @@ class BridgeClient:
         return random.uniform(0, min(self.backoff_max, self.backoff_initial * 2 ** min(attempt + 1, 32)))
 
     def _give_up(self, error: BridgeError) -> None:
-        log.error("%s: giving up: %s", self.peer, error)
+        log.error("%s: giving up: %s", self.peer, self._scrub(error))
         self.failure = error
         for pending in list(self._flushes.values()):
             pending.fail(error)
@@ -646,19 +780,25 @@ class BridgeClient:
         raises _GiveUp when reconnecting is pointless."""
         established = False
         try:
+            token = await self._fetch_token()
+        except Exception as exc:  # the provider's own failure: try again later, with backoff
+            log.warning("%s: the token provider failed: %s", self.peer, self._scrub(repr(exc)))
+            return False, None, ""
+        try:
             async with httpx.AsyncClient() as http, aconnect_ws(
                 self.url, http, max_message_size_bytes=self.max_frame_bytes, keepalive_ping_interval_seconds=20
             ) as ws:
-                await ws.send_bytes(
-                    m.encode(m.Hello(v=list(m.SUPPORTED_VERSIONS), peer=self.peer, token=self.token, caps=[]))
-                )
+                await ws.send_bytes(m.encode(m.Hello(v=list(m.SUPPORTED_VERSIONS), peer=self.peer, token=token, caps=[])))
                 with anyio.fail_after(10):
                     welcome = await self._handshake(ws)
                 if welcome.v not in m.SUPPORTED_VERSIONS:
                     raise _GiveUp(BridgeError(f"the server speaks protocol v{welcome.v}", code="version"))
                 established = True
+                self._unauthorized_retry = False  # the token was taken: a later 4401 may retry once more
                 self._ws = ws
                 self.connections += 1
+                self.session = welcome.session
+                self.identity = welcome.identity
                 # Frames queued for the previous connection are stale: opens
                 # and flushes are re-sent below and sync state starts afresh.
                 self._outbox = Outbox(self._outbox.max_control)
@@ -667,7 +807,17 @@ class BridgeClient:
                 for pending in self._flushes.values():
                     self._outbox.push(pending.frame())
                 self._set_state("online")
-                await race(lambda: self._read(ws), lambda: self._outbox.pump(ws.send_bytes, self._sync_frames))
+                tasks = [lambda: self._read(ws), lambda: self._outbox.pump(ws.send_bytes, self._sync_frames)]
+                if welcome.expires_in is not None:
+                    if callable(self.token):
+                        tasks.append(lambda: self._refresh_token(welcome.expires_in, token))
+                    else:
+                        log.info(
+                            "%s: the token expires in %g s and there is no token provider to refresh it",
+                            self.peer,
+                            welcome.expires_in,
+                        )
+                await race(*tasks)
         except Exception as raised:
             exc = first_leaf(raised)
             if isinstance(exc, _GiveUp):
@@ -675,20 +825,73 @@ class BridgeClient:
             if isinstance(exc, WebSocketUpgradeError):
                 raise _GiveUp(ConnectionRejected(exc.response.status_code)) from None
             if isinstance(exc, WebSocketDisconnect):
+                reason = self._scrub(exc.reason or "")
+                if exc.code == CloseCode.UNAUTHORIZED and callable(self.token) and not self._unauthorized_retry:
+                    # Refused or expired: one more try with a fresh token
+                    # from the provider; refused again before a welcome, fatal.
+                    self._unauthorized_retry = True
+                    log.info("%s: token refused (4401 %s): reconnecting with a fresh one", self.peer, reason)
+                    return established, exc.code, reason
                 if exc.code in FATAL_CLOSE_CODES:
-                    raise _GiveUp(ConnectionClosed(exc.code, exc.reason)) from None
-                log.info("%s: connection closed by the server: %s %s", self.peer, exc.code, exc.reason)
-                return established, exc.code, exc.reason
+                    raise _GiveUp(ConnectionClosed(exc.code, reason)) from None
+                log.info("%s: connection closed by the server: %s %s", self.peer, exc.code, reason)
+                return established, exc.code, reason
             if not isinstance(exc, _TRANSIENT):
                 raise
             if isinstance(exc, ProtocolError):
                 log.warning("%s: bad frame from the server: %s", self.peer, exc)
                 established = False  # no reset of the backoff for this one
             else:
-                log.info("%s: connection ended: %r", self.peer, exc)
+                log.info("%s: connection ended: %s", self.peer, self._scrub(repr(exc)))
         finally:
             self._ws = None
         return established, None, ""
+
+    async def _fetch_token(self) -> str | None:
+        """The token for the next hello (or auth): the static one, or the provider's."""
+        if not callable(self.token):
+            self._scrub.remember(self.token)
+            return self.token
+        token = self.token()
+        if inspect.isawaitable(token):
+            token = await token
+        if token is not None and not isinstance(token, str):
+            raise TypeError(f"the token provider returned {type(token).__name__}, not a str")
+        self._scrub.remember(token)
+        return token
+
+    async def _refresh_token(self, expires_in: float, token: str | None) -> None:
+        """Hand the server a fresh token before the current one expires, for
+        as long as the connection lasts (cancelled with it). The server does
+        not answer an accepted ``auth``; it closes 4401 when it refuses one."""
+        # The server's expires_in is relative (no clock skew); later tokens'
+        # lifetimes come from their `exp` claim if they are JWTs, corrected by
+        # the skew seen on this one, else are assumed to be as long as this one.
+        exp = _token_exp(token)
+        skew = (exp - time.time()) - expires_in if exp is not None else 0.0
+        lifetime = expires_in
+        delay = refresh_delay(expires_in)
+        # However short-lived (or stale) the provider's next tokens look,
+        # refreshes are no closer together than the first one (nor than
+        # MIN_REFRESH_INTERVAL, for a token that lives long).
+        floor = max(0.1, min(MIN_REFRESH_INTERVAL, delay))
+        while True:
+            await anyio.sleep(delay)
+            try:
+                fresh = await self._fetch_token()
+            except Exception as exc:
+                log.warning("%s: the token provider failed: %s; asking again", self.peer, self._scrub(repr(exc)))
+                delay = floor
+                continue
+            if not fresh:
+                log.warning("%s: the token provider gave no token; asking again", self.peer)
+                delay = floor
+                continue
+            self._outbox.push(m.encode(m.Auth(token=fresh)))
+            log.debug("%s: token refreshed", self.peer)
+            exp = _token_exp(fresh)
+            remaining = exp - time.time() - skew if exp is not None else lifetime
+            delay = max(refresh_delay(remaining), floor)
 
     async def _handshake(self, ws) -> m.Welcome:
         while True:
@@ -704,8 +907,8 @@ class BridgeClient:
 
     def _sync_frames(self, doc_id: str) -> list[bytes]:
         doc = self.docs.get(doc_id)
-        if doc is None:
-            return []
+        if doc is None or isinstance(doc.error, Forbidden):
+            return []  # not open on the server (any more)
         return [m.encode(m.Sync(doc=doc_id, data=data)) for data in doc.outgoing_sync()]
 
     async def _read(self, ws) -> None:
@@ -733,6 +936,15 @@ class BridgeClient:
                     self._eph_send.send_nowait((message.doc, message.from_, message.data))
                 except anyio.WouldBlock:
                     pass  # presence is best effort: drop when nobody reads
+            elif isinstance(message, m.Opened):
+                if (doc := self.docs.get(message.doc)) is not None:
+                    refused = isinstance(doc.error, ReadOnly)
+                    doc.opened(message.access)
+                    if refused and doc.error is None and doc.unsaved:
+                        # Write access came back (an `auth` refresh): the
+                        # server dropped our changes, and both sync states
+                        # think them sent; open again to start over, sending them.
+                        self._send_open(doc)
             elif isinstance(message, m.Error):
                 self._on_error(message)
             # A Welcome mid-session is ignored.
@@ -744,3 +956,9 @@ class BridgeClient:
             pending.fail(error)
         elif message.doc is not None and (doc := self.docs.get(message.doc)) is not None:
             doc.refused(error)
+            if isinstance(error, (ReadOnly, Forbidden)):
+                # Our changes were refused (or the document closed to us):
+                # flushes waiting on them would only run out their time.
+                for pending in list(self._flushes.values()):
+                    if message.doc in pending.docs:
+                        pending.fail(error)

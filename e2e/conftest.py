@@ -59,3 +59,19 @@ def bridge(tmp_path):
     """A real `automerge-bridge serve` process with its own data directory."""
     with serve_in_subprocess(tmp_path / "data") as running:
         yield running
+
+
+# Token auth (bridge/tokens.py): HS256 secrets need at least 32 characters.
+AUTH_SECRET = "e2e-s3cret-e2e-s3cret-e2e-s3cret-e2e"
+
+
+@pytest.fixture
+def auth_secret() -> str:
+    return AUTH_SECRET
+
+
+@pytest.fixture
+def auth_bridge(tmp_path, auth_secret):
+    """A real `automerge-bridge serve --auth-secret ...`: every peer needs a token."""
+    with serve_in_subprocess(tmp_path / "auth-data", extra_args=["--auth-secret", auth_secret]) as running:
+        yield running

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import string
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import anyio
@@ -13,6 +12,8 @@ import pytest
 
 from bridge.client import BridgeClient
 from bridge.testing import serve_in_subprocess, wait_until_durable
+
+from polling import eventually  # e2e/polling.py
 
 TRIALS = 12  # edit-then-close trials per variant (with and without flush)
 
@@ -27,14 +28,6 @@ def open_demo(context, bridge, doc_id: str):
 def server_text(bridge, doc_id: str) -> str:
     answer = httpx.get(f"{bridge.http_url}/docs/{doc_id}")
     return answer.json().get("text", "") if answer.status_code == 200 else ""
-
-
-def eventually(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def random_text(n: int) -> str:

@@ -1,11 +1,22 @@
 // Demo page: a shared text area, a to-do list and presence on the document
-// named by the URL hash (default "demo"). Uses the client the server serves
+// named by the URL hash (default "demo"). A bridge with token auth takes the
+// token from the page URL (`?token=...`): with read access only, the page is
+// a live, read-only view; without access it says "forbidden". Uses the client the server serves
 // next to this page (./client.js): the build maps the package import below
 // to that file, so the demo shares its Automerge instance and wasm. Every
 // path is relative to the page, so the demo also works when the bridge is
 // mounted under a prefix (e.g. Mount("/bridge", app) -> /bridge/).
 
-import { Automerge, BridgeClient, type BridgeDoc, type ClientStatus } from "automerge-bridge-client";
+import {
+  Automerge,
+  BridgeClient,
+  BridgeError,
+  ForbiddenError,
+  NotFoundError,
+  UnauthorizedError,
+  type BridgeDoc,
+  type ClientStatus,
+} from "automerge-bridge-client";
 
 interface Todo {
   id: string;
@@ -44,6 +55,10 @@ const todoForm = $<HTMLFormElement>("todo-form");
 const todoTitle = $<HTMLInputElement>("todo-title");
 const todoAdd = $<HTMLButtonElement>("todo-add");
 const todosEl = $<HTMLUListElement>("todos");
+const accessEl = $<HTMLSpanElement>("access");
+const readOnlyNote = $<HTMLParagraphElement>("readonly-note");
+const mainEl = document.querySelector("main")!;
+const noticeEl = $<HTMLDivElement>("notice");
 
 const docId = docIdFromHash();
 $("doc-name").textContent = `#${docId}`;
@@ -55,8 +70,74 @@ const syncUrl = new URL("sync", location.href);
 syncUrl.protocol = location.protocol === "https:" ? "wss:" : "ws:";
 syncUrl.hash = "";
 syncUrl.search = "";
-const client = new BridgeClient(syncUrl.href, { warnOnUnsaved: true });
-(globalThis as { bridgeClient?: BridgeClient }).bridgeClient = client; // for tests and the console
+// A bridge with token auth: the token comes with the page's link. It goes
+// to the server in `hello`, never to the console.
+const token = new URLSearchParams(location.search).get("token") || undefined;
+const client = new BridgeClient(syncUrl.href, { warnOnUnsaved: true, ...(token ? { token } : {}) });
+
+/** What tests and the console can reach: the client, and the document once open. */
+interface DemoHandle {
+  client: BridgeClient;
+  docId: string;
+  doc: BridgeDoc<DemoDoc> | null;
+  /** "loading" | "ready" | "forbidden" | "unauthorized" | "not-found" | "error" (also body[data-state]). */
+  state: string;
+}
+const demo: DemoHandle = { client, docId, doc: null, state: "loading" };
+const g = globalThis as { bridgeClient?: BridgeClient; bridgeDemo?: DemoHandle };
+g.bridgeClient = client; // for tests and the console
+g.bridgeDemo = demo;
+document.body.dataset["state"] = demo.state;
+
+// ------------------------------------------------------------ access
+
+const SVG = (body: string): string =>
+  `<svg viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round">${body}</svg>`;
+const ICONS = {
+  /** A no-entry sign. */
+  forbidden: SVG('<circle cx="12" cy="12" r="9"/><path d="M5.6 5.6l12.8 12.8"/>'),
+  /** A padlock. */
+  locked: SVG('<rect x="5" y="11" width="14" height="10" rx="2"/><path d="M8 11V7a4 4 0 0 1 8 0v4"/>'),
+  /** A magnifier. */
+  search: SVG('<circle cx="11" cy="11" r="7"/><path d="M20 20l-4-4"/>'),
+  /** A warning triangle. */
+  warning: SVG('<path d="M12 3l10 18H2z"/><path d="M12 10v5M12 18h.01"/>'),
+};
+
+/** Show why there is no document to show: the page's main part gives way to a notice. */
+function showProblem(state: string, icon: keyof typeof ICONS, title: string, text: string): void {
+  demo.state = state;
+  document.body.dataset["state"] = state;
+  noticeEl.dataset["kind"] = state;
+  noticeEl.querySelector(".icon")!.innerHTML = ICONS[icon]; // our own constant markup
+  $("notice-title").textContent = title;
+  $("notice-text").textContent = text;
+  noticeEl.hidden = false;
+  mainEl.hidden = true;
+  accessEl.hidden = true;
+}
+
+/** The page's answer to an error that leaves no document to show. */
+function showError(e: unknown): void {
+  const where = `#${docId}`;
+  if (e instanceof ForbiddenError) {
+    showProblem("forbidden", "forbidden", "Forbidden", `Your link does not give access to ${where}. Ask its owner for a link that does.`);
+  } else if (e instanceof UnauthorizedError || (e instanceof BridgeError && e.httpStatus === 401)) {
+    showProblem(
+      "unauthorized",
+      "locked",
+      "Sign-in needed",
+      token
+        ? "The token in this link is not valid (any more): it may have expired. Open a fresh link."
+        : "This bridge needs a token: open the page with ?token=... in its address.",
+    );
+  } else if (e instanceof NotFoundError) {
+    showProblem("not-found", "search", "No such document", `${where} does not exist, and your link may only read documents, not create them.`);
+  } else {
+    const msg = e instanceof BridgeError ? e.message : String(e);
+    showProblem("error", "warning", "Cannot open this document", msg);
+  }
+}
 
 // ------------------------------------------------------------ status
 
@@ -77,7 +158,11 @@ client.on("status", (s) => {
   showStatus(s);
   if (s === "saved" || s === "saving") announce(); // (re)connected: tell the others
 });
-client.on("error", (e) => console.warn("automerge-bridge:", e.code, e.message));
+client.on("error", (e) => {
+  console.warn("automerge-bridge:", e.code, e.message);
+  // Refused for good (e.g. the token expired): say so, rather than a page that silently stopped.
+  if (client.status === "failed" && demo.state === "ready") showError(e);
+});
 
 // ------------------------------------------------------------ presence
 
@@ -149,20 +234,53 @@ renderPeople();
 
 // ------------------------------------------------------------ document
 
-const doc: BridgeDoc<DemoDoc> = await client.open<DemoDoc>(docId);
+const doc: BridgeDoc<DemoDoc> = await client.open<DemoDoc>(docId).catch((e: unknown) => {
+  showError(e);
+  // Nothing more to set up: the notice says why (and the console's warning above).
+  return new Promise<never>(() => {});
+});
+demo.doc = doc;
 opened = true;
 announce();
-ensureShape(doc);
+if (!doc.readOnly) ensureShape(doc);
 
 /** The text area's content as last synced with the document. */
 let shownText = currentText();
 textarea.value = shownText;
 textarea.disabled = false;
-todoTitle.disabled = false;
-todoAdd.disabled = false;
+applyAccess();
 renderTodos();
+demo.state = "ready";
+document.body.dataset["state"] = "ready";
+
+/** Editable, or a live read-only view (the server decides: `opened {access}`). */
+function applyAccess(): void {
+  const ro = doc.readOnly;
+  document.body.dataset["access"] = ro ? "read" : "write";
+  accessEl.hidden = !ro;
+  readOnlyNote.hidden = !ro;
+  textarea.readOnly = ro;
+  textarea.setAttribute("aria-readonly", String(ro));
+  textarea.placeholder = ro ? "Nothing here yet: you will see it as soon as someone writes." : "Type here; everyone on this document sees it.";
+  todoTitle.disabled = ro;
+  todoAdd.disabled = ro;
+  todoForm.hidden = ro;
+  renderTodos();
+}
+doc.on("access", () => {
+  applyAccess();
+  if (!doc.readOnly) ensureShape(doc);
+});
+// The server closed it (a refreshed token lost its access): not an empty page.
+doc.on("error", (e) => {
+  if (e instanceof ForbiddenError || e instanceof NotFoundError) showError(e);
+});
 
 textarea.addEventListener("input", () => {
+  if (doc.readOnly) {
+    textarea.value = shownText; // belt and braces: a read-only view never diverges
+    return;
+  }
   const next = textarea.value;
   const edit = minimalSplice(shownText, next);
   shownText = next;
@@ -179,14 +297,14 @@ doc.on("change", ({ patches, origin }) => {
 });
 // A reconnect may bring in a doc created elsewhere in the meantime.
 doc.on("synced", () => {
-  ensureShape(doc);
+  if (!doc.readOnly) ensureShape(doc);
   applyRemoteText([]);
 });
 
 todoForm.addEventListener("submit", (ev) => {
   ev.preventDefault();
   const title = todoTitle.value.trim();
-  if (!title) return;
+  if (!title || doc.readOnly) return;
   doc.change((d) => {
     d.todos.push({ id: randomId(), title, done: false });
   });
@@ -252,6 +370,7 @@ function applyRemoteText(patches: Automerge.Patch[]): void {
 
 function renderTodos(): void {
   const todos = (doc.value as Partial<DemoDoc>).todos ?? [];
+  const ro = doc.readOnly;
   if (!todos.length) {
     const li = document.createElement("li");
     li.className = "empty";
@@ -266,6 +385,7 @@ function renderTodos(): void {
       const box = document.createElement("input");
       box.type = "checkbox";
       box.checked = t.done;
+      box.disabled = ro;
       box.setAttribute("aria-label", `done: ${t.title}`);
       box.addEventListener("change", () => toggle(t.id, i, box.checked));
       const title = document.createElement("span");
@@ -275,6 +395,7 @@ function renderTodos(): void {
       del.type = "button";
       del.textContent = "×";
       del.title = "Delete";
+      del.disabled = ro;
       del.addEventListener("click", () => remove(t.id, i));
       li.append(box, title, del);
       return li;

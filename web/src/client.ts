@@ -8,7 +8,7 @@ import { installPageHooks, sendBeacon, type PageHooks } from "./browser.js";
 import { Connection, type ConnectionState } from "./connection.js";
 import { BridgeDoc, type DocHost } from "./doc.js";
 import { Emitter } from "./emitter.js";
-import { BridgeError } from "./errors.js";
+import { BridgeError, ForbiddenError, NotFoundError, bridgeError } from "./errors.js";
 import { PendingFlushes } from "./flushes.js";
 import { LocalCopy } from "./local-copy.js";
 import { defaultStore, type UnsavedStore } from "./persistence.js";
@@ -17,6 +17,7 @@ import {
   assertDocId,
   type ClientMessage,
   type ErrorMsg,
+  type OpenedMsg,
   type FlushedMsg,
   type HelloMsg,
   type HexHeads,
@@ -40,11 +41,21 @@ export type ClientStatus = "connecting" | "offline" | "saving" | "saved" | "fail
 /** A token, or a function giving the current one (called for every `hello`, may be async). */
 export type TokenSource = string | (() => string | undefined | Promise<string | undefined>);
 
+/** Refresh a token this long before it expires, at most (or at 80% of its lifetime when that is later). */
+const REFRESH_LEAD_MS = 30_000;
+/** Never ask the token function again sooner than this after the last time (a function that keeps giving the same token). */
+const MIN_REFRESH_MS = 1_000;
+
 export interface BridgeClientOptions {
   /**
    * Sent in `hello`; also appended as `?token=` to the sendBeacon URL. A
-   * function is asked again for every connection; after a 4401 refusal the
-   * client reconnects only if it then gives a different token.
+   * function is asked again for every connection, and, when the server says
+   * the token expires (`welcome.expires_in`), before it does (at the later of
+   * 30 s before and 80% of its lifetime): the fresh token goes out in an
+   * `auth` frame, the connection stays. After a 4401 refusal the client asks
+   * the function once and reconnects if it gives a different token; if that
+   * one is refused too, or with a plain string, 4401 is fatal
+   * (UnauthorizedError). The token is never logged.
    */
   token?: TokenSource;
   /** Our peer id in `hello` (default: random). */
@@ -97,6 +108,10 @@ export interface WelcomeInfo {
   session: string;
   caps: string[];
   limits: Record<string, unknown>;
+  /** Who the server takes this connection for (other peers see it as `from` of our ephemeral messages). */
+  identity?: string;
+  /** Seconds (from the welcome) until the token expires, when it does. */
+  expiresIn?: number;
 }
 
 export interface ClientEvents {
@@ -132,8 +147,16 @@ export class BridgeClient extends Emitter<ClientEvents> {
   readonly #scope: string;
   readonly #host: DocHost;
   readonly #hooks: PageHooks;
-  /** The token sent in the latest `hello`. */
+  /** The token sent in the latest `hello` or `auth`. */
   #token: string | undefined;
+  /** A fresh token fetched after a 4401, for the next `hello`. */
+  #pendingToken: string | undefined;
+  /** Token refresh while welcomed: the timer, the token's expiry (Date.now() ms), its lifetime at the welcome. */
+  #refreshTimer: ReturnType<typeof setTimeout> | undefined;
+  #expiresAt = 0;
+  #tokenLifetime = 0;
+  /** Counts welcomes and drops: a refresh started on an earlier socket sends nothing. */
+  #session = 0;
 
   #status: ClientStatus = "connecting";
 
@@ -175,7 +198,11 @@ export class BridgeClient extends Emitter<ClientEvents> {
         ...(probeFetch ? { probe: () => probeUpgrade(url, probeFetch) } : {}),
         welcome: (msg) => this.#onWelcome(msg),
         message: (msg) => this.#onMessage(msg),
-        down: () => this.#docs.forEach((doc) => doc._detach()),
+        down: () => {
+          this.#session++;
+          this.#stopRefresh();
+          this.#docs.forEach((doc) => doc._detach());
+        },
         state: () => this.#updateStatus(),
         error: (err) => this.emit("error", err),
         fatal: (err) => {
@@ -300,7 +327,8 @@ export class BridgeClient extends Emitter<ClientEvents> {
     try {
       await this.#waitForOpen(doc);
     } catch (e) {
-      this.#release(doc, this.#online());
+      // Refused: the server did not open it, there is nothing to close there.
+      this.#release(doc, this.#online() && !notOpened(e));
       throw e;
     }
     return doc;
@@ -346,6 +374,7 @@ export class BridgeClient extends Emitter<ClientEvents> {
   #release(doc: BridgeDoc<any>, sendClose: boolean): void {
     if (this.#docs.get(doc.id) === doc) {
       this.#docs.delete(doc.id);
+      this.#opening.delete(doc.id); // opening it again opens it anew
       if (sendClose && this.#online()) this.#send({ t: "close", doc: doc.id });
     }
     doc._release();
@@ -361,6 +390,11 @@ export class BridgeClient extends Emitter<ClientEvents> {
       get autoFlushDelay() {
         const d = self.#opts.autoFlushDelay;
         return d === undefined ? DEFAULTS.autoFlushDelay : d;
+      },
+      get expectsOpened() {
+        // Servers that answer `open` with `opened` say who we are in `welcome`.
+        const w = self.welcome;
+        return w !== null && (w.identity !== undefined || w.expiresIn !== undefined);
       },
       send: (msg) => this.#send(msg),
       requestFlush: (docs, internal) => this.#requestFlush(docs, internal),
@@ -404,24 +438,94 @@ export class BridgeClient extends Emitter<ClientEvents> {
     };
     const source = this.#opts.token;
     if (typeof source !== "function") return make(source);
+    const pending = this.#pendingToken;
+    if (pending !== undefined) {
+      // Fetched just now, after a 4401: don't ask again.
+      this.#pendingToken = undefined;
+      return make(pending);
+    }
     const token = source();
     return token instanceof Promise ? token.then(make) : make(token);
   }
 
-  /** After 4401: is there a token different from the one refused? */
+  /** After 4401: is there a token different from the one refused? (Kept for the next `hello`.) */
   async #refreshToken(): Promise<boolean> {
+    this.#pendingToken = undefined;
     const source = this.#opts.token;
     if (typeof source !== "function") return false;
     const fresh = await source();
-    return fresh !== undefined && fresh !== this.#token;
+    if (fresh === undefined || fresh === this.#token) return false;
+    this.#pendingToken = fresh;
+    return true;
   }
 
   /** Welcomed: re-open every document with a fresh sync state, re-send pending flushes. */
   #onWelcome(msg: WelcomeMsg): void {
+    this.#session++;
     this.welcome = { peer: msg.peer, session: msg.session, caps: msg.caps, limits: msg.limits };
+    if (msg.identity !== undefined) this.welcome.identity = msg.identity;
+    if (msg.expires_in !== undefined) this.welcome.expiresIn = msg.expires_in;
+    this.#startRefresh(msg.expires_in);
     for (const doc of this.#docs.values()) doc._attach();
     for (const { id, docs } of this.#flushes.all()) this.#send({ t: "flush", id, docs });
     this.emit("welcome", this.welcome);
+  }
+
+  // ------------------------------------------------------------ token refresh
+
+  /** The server said when the token expires: with a token function, renew it before then. */
+  #startRefresh(expiresIn: number | undefined): void {
+    this.#stopRefresh();
+    if (expiresIn === undefined || typeof this.#opts.token !== "function") return;
+    const lifetime = Math.max(0, expiresIn * 1000);
+    this.#tokenLifetime = lifetime;
+    this.#expiresAt = Date.now() + lifetime;
+    this.#scheduleRefresh(refreshDelay(lifetime));
+  }
+
+  #stopRefresh(): void {
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = undefined;
+  }
+
+  #scheduleRefresh(delay: number): void {
+    this.#stopRefresh();
+    this.#refreshTimer = setTimeout(() => void this.#refresh(), delay);
+  }
+
+  /** Ask the token function for a fresh token and send it in `auth`, on the socket that was welcomed. */
+  async #refresh(): Promise<void> {
+    this.#refreshTimer = undefined;
+    const source = this.#opts.token;
+    if (typeof source !== "function" || !this.#online()) return;
+    const session = this.#session;
+    let fresh: string | undefined;
+    try {
+      fresh = await source();
+    } catch (e) {
+      if (session !== this.#session || this.#closed) return;
+      this.emit("error", bridgeError("unauthorized", `cannot get a fresh token: ${String(e)}`, { cause: e }));
+      // Try again while there is time; at expiry the server closes 4401,
+      // and the reconnect asks the function once more.
+      const left = this.#expiresAt - Date.now();
+      if (left > 2 * MIN_REFRESH_MS) this.#scheduleRefresh(Math.max(MIN_REFRESH_MS, Math.min(5_000, left / 2)));
+      return;
+    }
+    if (session !== this.#session || this.#closed || !this.#online()) return;
+    if (fresh !== undefined && fresh !== this.#token) {
+      const before = jwtExpiry(this.#token);
+      const after = jwtExpiry(fresh);
+      this.#token = fresh;
+      this.#send({ t: "auth", token: fresh });
+      // The new expiry: shifted by the difference of the two `exp` claims
+      // (no clock of ours involved), else one more lifetime from now.
+      this.#expiresAt =
+        before !== undefined && after !== undefined
+          ? this.#expiresAt + (after - before) * 1000
+          : Date.now() + this.#tokenLifetime;
+    }
+    const left = this.#expiresAt - Date.now();
+    if (left > MIN_REFRESH_MS) this.#scheduleRefresh(Math.max(MIN_REFRESH_MS, refreshDelay(left)));
   }
 
   #onMessage(msg: ServerMessage): void {
@@ -431,6 +535,9 @@ export class BridgeClient extends Emitter<ClientEvents> {
         return;
       case "saved":
         this.#docs.get(msg.doc)?._saved(msg.heads);
+        return;
+      case "opened":
+        this.#onOpened(msg);
         return;
       case "flushed":
         this.#onFlushed(msg);
@@ -448,14 +555,22 @@ export class BridgeClient extends Emitter<ClientEvents> {
     const extra: { doc?: string; id?: number } = {};
     if (msg.doc !== undefined) extra.doc = msg.doc;
     if (msg.id !== undefined) extra.id = msg.id;
-    const err = new BridgeError(msg.code, msg.msg, extra);
+    const err = bridgeError(msg.code, msg.msg, extra);
     let internal = false;
     if (msg.id !== undefined) {
       internal = this.#flushes.reject(msg.id, err)?.internal ?? false;
     } else if (msg.doc !== undefined) {
-      this.#docs.get(msg.doc)?._error(err);
+      const doc = this.#docs.get(msg.doc);
+      doc?._error(err);
+      // The server did not open it (or closed it: a refreshed token took the
+      // access away): the document is closed here too.
+      if (doc && notOpened(err)) this.#release(doc, false);
     }
     if (!internal) this.emit("error", err);
+  }
+
+  #onOpened(msg: OpenedMsg): void {
+    this.#docs.get(msg.doc)?._opened(msg.access);
   }
 
   #onEphemeral(msg: ServerEphMsg): void {
@@ -510,6 +625,7 @@ export class BridgeClient extends Emitter<ClientEvents> {
       }
     }
     this.#closed = true;
+    this.#stopRefresh();
     this.#hooks.remove();
     const docs = [...this.#docs.values()];
     for (const doc of docs) this.#release(doc, false);
@@ -519,5 +635,30 @@ export class BridgeClient extends Emitter<ClientEvents> {
     this.#updateStatus();
     await Promise.all(docs.map((d) => d._local?.idle()));
     if (failure) throw failure;
+  }
+}
+
+/** Errors that mean the server did not open the document (or no longer has it open). */
+function notOpened(e: unknown): boolean {
+  return e instanceof ForbiddenError || e instanceof NotFoundError;
+}
+
+/** When to renew a token that expires in `ms`: 30 s before, or at 80% of its lifetime when that is later. */
+function refreshDelay(ms: number): number {
+  return Math.max(0, Math.max(ms - REFRESH_LEAD_MS, ms * 0.8));
+}
+
+/** The `exp` claim (epoch seconds) of a JWT, or undefined for anything else. Nothing is verified. */
+function jwtExpiry(token: string | undefined): number | undefined {
+  const part = token?.split(".")[1];
+  const atob = (globalThis as { atob?: (s: string) => string }).atob;
+  if (!part || !atob) return undefined;
+  try {
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    const claims: unknown = JSON.parse(atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4)));
+    const exp = (claims as { exp?: unknown } | null)?.exp;
+    return typeof exp === "number" && Number.isFinite(exp) ? exp : undefined;
+  } catch {
+    return undefined;
   }
 }

@@ -2,7 +2,7 @@
 // frames, and reconnect with exponential backoff and jitter according to the
 // close code. It knows nothing about documents.
 
-import { BridgeError } from "./errors.js";
+import { BridgeError, bridgeError } from "./errors.js";
 import {
   PROTOCOL_VERSION,
   ProtocolError,
@@ -78,7 +78,8 @@ export interface ConnectionHandlers {
   /**
    * Called after 4401: resolves true when a token different from the one
    * just refused is available (reconnect at once with it), false otherwise
-   * (4401 is then fatal).
+   * (4401 is then fatal). Asked once: if the fresh token is refused too
+   * (4401 before the next welcome), the connection gives up.
    */
   refreshToken(): Promise<boolean>;
   /**
@@ -127,6 +128,8 @@ export class Connection {
   /** HTTP status of the current socket's failed upgrade, when the WebSocket implementation tells. */
   #upgradeStatus: number | undefined;
   #probing = false;
+  /** A fresh token was fetched after a 4401 and has not been welcomed yet: a second 4401 is fatal. */
+  #authRetry = false;
 
   constructor(url: string, WebSocket: WebSocketConstructor, opts: ConnectionOptions, handlers: ConnectionHandlers) {
     this.#url = url;
@@ -225,7 +228,7 @@ export class Connection {
         },
         (e) => {
           if (ws !== this.#ws) return;
-          this.#h.error(new BridgeError("unauthorized", `cannot get a token: ${String(e)}`, { cause: e }));
+          this.#h.error(bridgeError("unauthorized", `cannot get a token: ${String(e)}`, { cause: e }));
           this.#abandon(ws, 1000, "no token");
         },
       );
@@ -268,6 +271,7 @@ export class Connection {
       return;
     }
     this.#attempt = 0;
+    this.#authRetry = false;
     this.#state = "online";
     this.#h.welcome(msg);
     this.#h.state("online");
@@ -292,17 +296,26 @@ export class Connection {
       return;
     }
     if (code === 4401) {
+      if (this.#authRetry) {
+        // The fresh token fetched after the last 4401 was refused as well.
+        this.#giveUp(closeError(code, reason));
+        return;
+      }
       if (this.#state === "online") this.#setState("connecting");
       // A token source that now has a different token gets one more try.
       this.#h.refreshToken().then(
         (fresh) => {
           if (this.#stopped || this.#fatal) return;
           if (fresh) {
+            this.#authRetry = true;
             this.#setState("offline");
             this.#scheduleReconnect(true);
           } else this.#giveUp(closeError(code, reason));
         },
-        (e) => this.#giveUp(new BridgeError("unauthorized", `token refresh failed: ${String(e)}`, { closeCode: code, cause: e })),
+        (e) => {
+          if (this.#stopped || this.#fatal) return;
+          this.#giveUp(bridgeError("unauthorized", `token refresh failed: ${String(e)}`, { closeCode: code, cause: e }));
+        },
       );
       return;
     }
@@ -411,7 +424,7 @@ export class Connection {
 
 function closeError(code: number, reason: string): BridgeError {
   const what = CLOSE_CODE_NAMES[code] ?? `closed_${code}`;
-  return new BridgeError(what, reason || `server closed the connection: ${what} (${code})`, { closeCode: code });
+  return bridgeError(what, reason || `server closed the connection: ${what} (${code})`, { closeCode: code });
 }
 
 function upgradeError(status: number): BridgeError {

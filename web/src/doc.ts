@@ -3,9 +3,9 @@
 
 import { Automerge } from "./automerge.js";
 import { Emitter } from "./emitter.js";
-import { BridgeError } from "./errors.js";
+import { BridgeError, ReadOnlyError } from "./errors.js";
 import type { LocalCopy } from "./local-copy.js";
-import type { ClientMessage, HexHeads } from "./protocol.js";
+import type { Access, ClientMessage, HexHeads } from "./protocol.js";
 
 export type ChangeOrigin = "local" | "remote";
 
@@ -26,6 +26,8 @@ export interface DocEvents<T> {
   saved: void;
   /** A server error about this document. */
   error: BridgeError;
+  /** The server said what we may do with the document (`opened`): on open, and when a token refresh changed it. */
+  access: Access;
   /** The document was closed (by `doc.close()` or `client.close()`). */
   closed: void;
 }
@@ -34,6 +36,8 @@ export interface DocEvents<T> {
 export interface DocHost {
   readonly online: boolean;
   readonly autoFlushDelay: number | false;
+  /** Does the server answer `open` with `opened` (then the open is complete only once it came)? */
+  readonly expectsOpened: boolean;
   send(msg: ClientMessage): void;
   requestFlush(docs: Record<string, HexHeads>, internal: boolean): Promise<void>;
   ephemeral(doc: string, data: unknown): boolean;
@@ -51,6 +55,12 @@ export class BridgeDoc<T = any> extends Emitter<DocEvents<T>> {
   /** Sync state on the current connection; null while not attached. */
   #sync: Automerge.SyncState | null = null;
   #synced = false;
+  /** We hold everything the server announced on this connection (the initial sync is done but for `opened`). */
+  #headsSynced = false;
+  /** The server answered this connection's `open` (`opened`, or a `saved` from a server that sends no `opened`). */
+  #answered = false;
+  /** What the server said we may do, or undefined before it said (or from a server that does not say). */
+  #access: Access | undefined;
   #closed = false;
   #released = false;
   /** Heads the server has said are durable (saved frontier plus flushed heads). */
@@ -112,11 +122,30 @@ export class BridgeDoc<T = any> extends Emitter<DocEvents<T>> {
   }
 
   /**
+   * What the server lets this client do with the document: "write", "read",
+   * or undefined before the server said (or a server without authorization).
+   * Changes with the `access` event.
+   */
+  get access(): Access | undefined {
+    return this.#access;
+  }
+
+  /**
+   * True when the server gives this client read access only: the document
+   * stays live (remote changes arrive), but `change()` throws ReadOnlyError.
+   */
+  get readOnly(): boolean {
+    return this.#access === "read";
+  }
+
+  /**
    * Change the document, as `Automerge.change` does; the change is synced to
    * the server and kept locally until it is durable. Returns the new value.
+   * Throws ReadOnlyError (leaving the document untouched) when `readOnly`.
    */
   change(fn: Automerge.ChangeFn<T>, message?: string): Automerge.Doc<T> {
     if (this.#closed) throw new BridgeError("closed", `document ${this.id} is closed`, { doc: this.id });
+    if (this.readOnly) throw new ReadOnlyError(`document ${this.id} is read-only for this client`, { doc: this.id });
     const patches: Automerge.Patch[] = [];
     const opts: Automerge.ChangeOptions<T> = { patchCallback: (p) => void patches.push(...p) };
     if (message !== undefined) opts.message = message;
@@ -173,6 +202,8 @@ export class BridgeDoc<T = any> extends Emitter<DocEvents<T>> {
     if (this.#released) return;
     this.#sync = Automerge.initSyncState();
     this.#synced = false;
+    this.#headsSynced = false;
+    this.#answered = false;
     this.#host.send({ t: "open", doc: this.id });
     this.#pump();
   }
@@ -181,6 +212,8 @@ export class BridgeDoc<T = any> extends Emitter<DocEvents<T>> {
   _detach(): void {
     this.#sync = null;
     this.#synced = false;
+    this.#headsSynced = false;
+    this.#answered = false;
     clearTimeout(this.#autoFlushTimer);
     this.#autoFlushTimer = undefined;
   }
@@ -219,7 +252,10 @@ export class BridgeDoc<T = any> extends Emitter<DocEvents<T>> {
     this.#value = next;
     this.#sync = sync;
     if (next !== before && patches.length) this.emit("change", { value: next, patches, origin: "remote" });
-    if (!this.#synced && this.#hasAllOf(data)) this.#markSynced();
+    if (!this.#headsSynced && this.#hasAllOf(data)) {
+      this.#headsSynced = true;
+      this.#maybeSynced();
+    }
     this.#recheck();
     this.#pump();
   }
@@ -228,6 +264,30 @@ export class BridgeDoc<T = any> extends Emitter<DocEvents<T>> {
   _saved(heads: HexHeads): void {
     this.#durable = new Set(heads);
     this.#recheck();
+    // `opened` comes before the first `saved`: a server that sent none sends none.
+    if (this.#sync && !this.#answered) {
+      this.#answered = true;
+      this.#maybeSynced();
+    }
+  }
+
+  /** @internal The server answered `open` (or re-stated the access after a token refresh). */
+  _opened(access: Access): void {
+    if (!this.#sync) return;
+    const changed = access !== this.#access;
+    this.#access = access;
+    if (changed) {
+      if (access === "read") {
+        // Nothing of ours will ever be durable: stop asking.
+        clearTimeout(this.#autoFlushTimer);
+        this.#autoFlushTimer = undefined;
+      }
+      this.emit("access", access);
+    }
+    if (!this.#answered) {
+      this.#answered = true;
+      this.#maybeSynced();
+    } else if (changed) this.#scheduleAutoFlush(0);
   }
 
   /** @internal These heads are durable. */
@@ -245,7 +305,9 @@ export class BridgeDoc<T = any> extends Emitter<DocEvents<T>> {
 
   /** @internal */
   _error(err: BridgeError): void {
-    this._fail(err);
+    // A refused change leaves the document open and syncing: the initial
+    // sync goes on. Any other error about the document fails its open.
+    if (!(err instanceof ReadOnlyError)) this._fail(err);
     this.emit("error", err);
   }
 
@@ -280,6 +342,13 @@ export class BridgeDoc<T = any> extends Emitter<DocEvents<T>> {
     } catch {
       return false;
     }
+  }
+
+  /** Synced once we hold the server's heads and it answered the `open` (when it answers). */
+  #maybeSynced(): void {
+    if (this.#synced || !this.#headsSynced) return;
+    if (!this.#answered && this.#host.expectsOpened) return;
+    this.#markSynced();
   }
 
   #markSynced(): void {
@@ -335,7 +404,7 @@ export class BridgeDoc<T = any> extends Emitter<DocEvents<T>> {
    * how often the server volunteers `saved` frames.
    */
   #scheduleAutoFlush(delay: number): void {
-    if (this.#host.autoFlushDelay === false || this.#released || this.#autoFlushInFlight) return;
+    if (this.#host.autoFlushDelay === false || this.#released || this.#autoFlushInFlight || this.readOnly) return;
     if (!this.unsaved || !this.#sync || !this.#synced) return;
     clearTimeout(this.#autoFlushTimer);
     this.#autoFlushTimer = setTimeout(() => this.#autoFlush(), delay);

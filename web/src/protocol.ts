@@ -46,6 +46,11 @@ export interface ClientEphMsg {
 export interface ByeMsg {
   t: "bye";
 }
+/** Replace the connection's token before it expires (no answer when accepted; close 4401 when refused). */
+export interface AuthMsg {
+  t: "auth";
+  token: string;
+}
 export type ClientMessage =
   | HelloMsg
   | OpenMsg
@@ -53,7 +58,8 @@ export type ClientMessage =
   | FlushMsg
   | CloseMsg
   | ClientEphMsg
-  | ByeMsg;
+  | ByeMsg
+  | AuthMsg;
 
 // ---------------------------------------------------------------- server -> client
 
@@ -64,6 +70,18 @@ export interface WelcomeMsg {
   session: string;
   caps: string[];
   limits: Record<string, unknown>;
+  /** Who the server takes this connection for (the `from` of our relayed eph); absent from older servers. */
+  identity?: string;
+  /** Seconds until the token expires (the server then closes 4401 unless `auth` brought a fresh one). */
+  expires_in?: number;
+}
+/** What this connection may do with a document. */
+export type Access = "read" | "write";
+/** The answer to `open` (before its first `saved`); sent again when an `auth` changed the access. */
+export interface OpenedMsg {
+  t: "opened";
+  doc: string;
+  access: Access;
 }
 export interface ServerSyncMsg {
   t: "sync";
@@ -95,6 +113,7 @@ export interface ErrorMsg {
 }
 export type ServerMessage =
   | WelcomeMsg
+  | OpenedMsg
   | ServerSyncMsg
   | SavedMsg
   | FlushedMsg
@@ -167,6 +186,13 @@ function str(m: Fields, k: string): string {
 function optStr(m: Fields, k: string): string | undefined {
   return m[k] == null ? undefined : str(m, k);
 }
+function optNum(m: Fields, k: string): number | undefined {
+  const v = m[k];
+  if (v == null) return undefined;
+  if (typeof v === "bigint") return Number(v);
+  if (typeof v !== "number" || !Number.isFinite(v)) throw new ProtocolError(`field ${k} must be a number`);
+  return v;
+}
 function int(m: Fields, k: string): number {
   const v = m[k];
   if (typeof v === "bigint") return Number(v);
@@ -228,7 +254,7 @@ export function decodeServerMessage(frame: Uint8Array, onUnknown?: (t: string) =
   switch (t) {
     case "welcome": {
       const limits = m["limits"];
-      return {
+      const out: WelcomeMsg = {
         t,
         v: int(m, "v"),
         peer: str(m, "peer"),
@@ -236,6 +262,16 @@ export function decodeServerMessage(frame: Uint8Array, onUnknown?: (t: string) =
         caps: strList(m, "caps"),
         limits: typeof limits === "object" && limits !== null ? (limits as Record<string, unknown>) : {},
       };
+      const identity = optStr(m, "identity");
+      const expiresIn = optNum(m, "expires_in");
+      if (identity !== undefined) out.identity = identity;
+      if (expiresIn !== undefined) out.expires_in = expiresIn;
+      return out;
+    }
+    case "opened": {
+      const access = str(m, "access");
+      if (access !== "read" && access !== "write") throw new ProtocolError(`field access must be "read" or "write"`);
+      return { t, doc: str(m, "doc"), access };
     }
     case "sync":
       return { t, doc: str(m, "doc"), data: bin(m, "data") };
@@ -299,6 +335,8 @@ export function decodeClientMessage(frame: Uint8Array): ClientMessage {
       return { t, id: int(m, "id"), docs: headsMap(m, "docs") };
     case "bye":
       return { t };
+    case "auth":
+      return { t, token: str(m, "token") };
     default:
       throw new ProtocolError(`unknown client message type ${t}`);
   }

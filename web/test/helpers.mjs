@@ -162,3 +162,29 @@ export function useBridge(options) {
   after(() => env.bridge?.dispose());
   return env;
 }
+
+// ------------------------------------------------------------ tokens
+
+import { createHmac } from "node:crypto"; // (imports are hoisted: this one sits with the code that uses it)
+
+/**
+ * A bridge token (HS256 JWT) minted with node:crypto alone, the same claims
+ * as Python's `bridge.tokens.mint`: `sub`, `iat`, `exp` (now + `ttl` seconds,
+ * rounded up; `ttl: null` for none), `docs` ({pattern: "read" | "write"},
+ * write winning), and `admin` when true. The secret must be the server's
+ * `--auth-secret` (at least 32 characters).
+ *
+ *   const token = mintToken(SECRET, { sub: "alice", write: ["invoice-*"], read: ["catalog"], ttl: 3600 });
+ */
+export function mintToken(secret, { sub, read = [], write = [], ttl = 3600, admin = false, now = Date.now() / 1000 } = {}) {
+  const b64url = (data) => Buffer.from(data).toString("base64url");
+  const docs = {};
+  for (const pattern of read) docs[pattern] = "read";
+  for (const pattern of write) docs[pattern] = "write";
+  const claims = { sub, iat: Math.floor(now), docs };
+  if (ttl !== null && ttl !== undefined) claims.exp = Math.ceil(now + ttl);
+  if (admin) claims.admin = true;
+  const signingInput = `${b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }))}.${b64url(JSON.stringify(claims))}`;
+  const signature = createHmac("sha256", secret).update(signingInput).digest("base64url");
+  return `${signingInput}.${signature}`;
+}

@@ -30,6 +30,7 @@ export const FRAMES = [
   ["eph", { t: "eph", doc: "a", data: new Uint8Array([0x00, 0xff]) }],
   ["eph-empty", { t: "eph", doc: "a", data: new Uint8Array(0) }],
   ["bye", { t: "bye" }],
+  ["auth", { t: "auth", token: "t0k-2" }],
 ];
 
 /** A decoded frame as the JSON `value` of a vector: bytes as {"$bytes": hex}. */

@@ -41,11 +41,18 @@ function expected(from, v) {
         return { t: "flush", id: v.id, docs: headsMap(v.docs) };
       case "bye":
         return { t: "bye" };
+      case "auth":
+        return { t: "auth", token: v.token };
     }
   } else {
     switch (v.t) {
       case "welcome":
-        return { t: "welcome", v: v.v, peer: v.peer, session: v.session ?? "", caps: v.caps ?? [], limits: v.limits ?? {} };
+        return drop({
+          t: "welcome", v: v.v, peer: v.peer, session: v.session ?? "", caps: v.caps ?? [], limits: v.limits ?? {},
+          identity: v.identity ?? undefined, expires_in: v.expires_in ?? undefined,
+        });
+      case "opened":
+        return { t: "opened", doc: v.doc, access: v.access };
       case "sync":
         return { t: "sync", doc: v.doc, data: bytes(v.data) };
       case "saved":
@@ -65,8 +72,8 @@ const pyFrames = load("py-encoded.json");
 
 test("py-encoded.json covers every message type both ways", () => {
   const types = (from) => new Set(pyFrames.filter((f) => f.from === from).map((f) => f.value.t));
-  assert.deepEqual([...types("client")].sort(), ["bye", "close", "eph", "flush", "hello", "open", "sync"]);
-  assert.deepEqual([...types("server")].sort(), ["eph", "error", "flushed", "saved", "sync", "welcome"]);
+  assert.deepEqual([...types("client")].sort(), ["auth", "bye", "close", "eph", "flush", "hello", "open", "sync"]);
+  assert.deepEqual([...types("server")].sort(), ["eph", "error", "flushed", "opened", "saved", "sync", "welcome"]);
 });
 
 for (const frame of pyFrames) {
@@ -95,7 +102,7 @@ test("ts-encoded.json is what the TS encoder produces now (regenerate: npm run v
 
 test("ts-encoded.json covers every client message type, and each frame decodes to its value", () => {
   const frames = JSON.parse(render()).frames;
-  assert.deepEqual([...new Set(frames.map((f) => f.value.t))].sort(), ["bye", "close", "eph", "flush", "hello", "open", "sync"]);
+  assert.deepEqual([...new Set(frames.map((f) => f.value.t))].sort(), ["auth", "bye", "close", "eph", "flush", "hello", "open", "sync"]);
   for (const f of frames) {
     assert.equal(f.from, "client");
     const decoded = decodeClientMessage(fromHex(f.hex));
