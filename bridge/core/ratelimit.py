@@ -123,9 +123,12 @@ class ClientLedger:
     - **Frames and bytes** are limited per connection (``frames`` and
       ``bytes_`` are ``(rate, burst)``), but a connection's buckets outlive
       it: the client's next connection starts from the emptiest bucket its
-      ended connections left (refilled for the time since). A peer closed
-      for flooding cannot reset its allowance by reconnecting; one that waits
-      the retry delay finds it full again.
+      live and ended connections hold (refilled for the time since). A peer
+      closed for flooding cannot reset its allowance by reconnecting, nor by
+      opening a second connection while the first floods; one that waits
+      the retry delay finds it full again. (Connections opened at the same
+      moment each start full: the per-address connection cap and the loop
+      share bound what that buys.)
     - **Loop time** (``loop`` is ``(share, burst)``): the event loop is what
       every peer shares, and the Automerge core holds it while it works. Each
       client may take ``share`` seconds of handling per second, ``burst``
@@ -146,7 +149,7 @@ class ClientLedger:
         self._loop = KeyedBuckets(*loop) if loop is not None else None
         self._left: dict[str, Allowance] = {}  # what ended connections still owe
         self._blocked: dict[str, float] = {}  # closed for its rate: no new connection until then
-        self._connected: dict[str, int] = {}
+        self._live: dict[str, list[Allowance]] = {}  # connected clients' connections
         self.pauses = 0
         self.paused_seconds = 0.0
 
@@ -165,18 +168,25 @@ class ClientLedger:
     # --- connections ----------------------------------------------------------
 
     def join(self, key: str, now: float) -> Allowance:
-        """A connection of ``key`` begins: its buckets."""
-        self._connected[key] = self._connected.get(key, 0) + 1
-        left = self._left.get(key) or Allowance()
-        return Allowance(self._inherit(self._frames, left.frames, now), self._inherit(self._bytes, left.bytes, now))
+        """A connection of ``key`` begins: its buckets start as low as the
+        emptiest the client has, among its ended connections and its live
+        ones (a connection opened while another floods does not start full)."""
+        live = self._live.setdefault(key, [])
+        others = [*live, self._left.get(key) or Allowance()]
+        allowance = Allowance(
+            self._inherit(self._frames, _emptiest([a.frames for a in others], now), now),
+            self._inherit(self._bytes, _emptiest([a.bytes for a in others], now), now),
+        )
+        live.append(allowance)
+        return allowance
 
     def leave(self, key: str, allowance: Allowance, now: float) -> None:
         """A connection of ``key`` ended with ``allowance`` as it stood."""
-        count = self._connected.get(key, 0) - 1
-        if count > 0:
-            self._connected[key] = count
-        else:
-            self._connected.pop(key, None)
+        live = self._live.get(key, [])
+        if allowance in live:
+            live.remove(allowance)
+        if not live:
+            self._live.pop(key, None)
         kept = self._left.pop(key, None) or Allowance()
         owed = Allowance(_emptier(kept.frames, allowance.frames, now), _emptier(kept.bytes, allowance.bytes, now))
         if owed.full(now):
@@ -220,7 +230,7 @@ class ClientLedger:
     @property
     def contended(self) -> bool:
         """Another client is connected too: shares apply."""
-        return len(self._connected) > 1
+        return len(self._live) > 1
 
     def charge_loop(self, key: str, seconds: float, now: float) -> float:
         """Charge ``seconds`` of handling to ``key``; return how long its
@@ -245,11 +255,18 @@ class ClientLedger:
         """For /healthz: clients connected, clients whose ended connections
         still owe, and the pauses imposed for loop time so far."""
         return {
-            "clients": len(self._connected),
+            "clients": len(self._live),
             "owing": len(self._left),
             "pauses": self.pauses,
             "paused_seconds": round(self.paused_seconds, 3),
         }
+
+
+def _emptiest(buckets: list[TokenBucket | None], now: float) -> TokenBucket | None:
+    found: TokenBucket | None = None
+    for bucket in buckets:
+        found = _emptier(found, bucket, now)
+    return found
 
 
 def _emptier(a: TokenBucket | None, b: TokenBucket | None, now: float) -> TokenBucket | None:

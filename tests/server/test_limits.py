@@ -208,6 +208,15 @@ def test_a_new_connection_of_a_client_starts_where_its_last_one_left_off():
     assert quiet.snapshot() == {"clients": 0, "owing": 0, "pauses": 0, "paused_seconds": 0.0}
 
 
+def test_a_connection_opened_while_another_floods_starts_as_empty_as_it():
+    ledger = ClientLedger(frames=(10, 20))
+    flooding = ledger.join("k", 0.0)
+    assert all(flooding.frames.take(1, 0.0) for _ in range(20))
+    second = ledger.join("k", 0.0)
+    assert not second.frames.take(1, 0.0), "no fresh bucket for a second socket"
+    assert ledger.join("other", 0.0).frames.full(0.0)
+
+
 def test_parallel_connections_hand_on_the_emptiest_bucket():
     ledger = ClientLedger(frames=(1, 10), bytes_=(100, 1000))
     a, b = ledger.join("k", 0.0), ledger.join("k", 0.0)
