@@ -32,6 +32,7 @@ from bridge.tokens import TokenAuth, TokenRefused, mint
 
 from .. import crafting
 from ..rawpeer import RawPeer, text_doc
+from ..waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -254,14 +255,16 @@ async def test_a_token_that_expires_closes_the_connection_4401_at_expiry(bridge)
 
 
 async def test_auth_refreshes_the_token_and_may_change_access_but_not_identity(bridge):
-    peer = await welcomed(bridge.ws_url, mint(SECRET, sub="ida", write=["keep", "lose"], ttl=2))
+    first = mint(SECRET, sub="ida", write=["keep", "lose"], ttl=2)
+    first_expiry = TokenAuth(secret=SECRET).verify(first).expires_at
+    peer = await welcomed(bridge.ws_url, first)
     for doc_id in ("keep", "lose"):
         await peer.sync_doc(doc_id, core.Document())
     await peer.send({"t": "auth", "token": mint(SECRET, sub="ida", read=["keep"], ttl=3600)})
     got = await drain(peer, 0.5)
     assert {"t": "opened", "doc": "keep", "access": "read"} in got
     assert [(f["code"], f["doc"]) for f in got if f["t"] == "error"] == [("forbidden", "lose")]
-    await anyio.sleep(2.5)  # past the first token's expiry: still connected
+    await eventually(lambda: time.time() > first_expiry + 0.5, timeout=10)  # past the first token's expiry
     await peer.send({"t": "flush", "id": 1, "docs": {"keep": []}})
     assert (await peer.recv_until(lambda f: f["t"] in ("flushed", "error")))["t"] == "flushed"
     await peer.send({"t": "sync", "doc": "lose", "data": crafting.sync_message([])})
