@@ -109,3 +109,6 @@ class Limits:
         10.0, "seconds a flush may wait for its heads to be durable before it fails with flush_timeout", "SECONDS")
     # How often a peer hears of durable heads advanced by others' changes.
     saved_interval: float = 0.25
+    # Relayed presence reaches a peer at most once per window (the newest per
+    # sender); automerge-repo throttles its sync to 100 ms.
+    eph_interval: float = 0.05

@@ -90,6 +90,7 @@ log = get_logger(__name__)
 
 HANDSHAKE = "handshake"  # timer: no hello in time
 EXPIRY = "expiry"  # timer: the principal's token expires
+EPH = "eph"  # timer: the window in which relayed presence is coalesced
 SAVED = "saved"  # timer: send the coalesced `saved` heads of others' commits
 
 BAD_DOC_ID_TEXT = "document ids are 1-256 chars of [A-Za-z0-9._:~-]"
@@ -321,6 +322,8 @@ class PeerSession:
         self._held: deque[bytes] = deque()  # frames fed while gated
         self._deferred: list[Effect] = []  # effects raised by hub callbacks
         self._lazy_saved: dict[str, list[bytes]] = {}
+        self._lazy_eph: dict[tuple, bytes] = {}  # presence waiting for the window to end
+        self._eph_timer = False
         self._saved_timer = False
         self._closed_with: Close | None = None
         self.clock = clock
@@ -484,6 +487,15 @@ class PeerSession:
         elif name == EXPIRY:
             if self.principal is not None and not self._expired(self.principal, effects):
                 self._watch_expiry(self.principal, effects)  # refreshed meanwhile: watch the new one
+        elif name == EPH:
+            pending, self._lazy_eph = self._lazy_eph, {}
+            for key, frame in pending.items():
+                if key[1] in self._docs:
+                    self.outbox.push_latest(key, frame)
+            # Quiet for a whole window: the next one goes at once again.
+            self._eph_timer = bool(pending)
+            if pending:
+                effects.append(StartTimer(EPH, self.limits.eph_interval))
         elif name == SAVED:
             self._saved_timer = False
             pending, self._lazy_saved = self._lazy_saved, {}
@@ -704,6 +716,8 @@ class PeerSession:
         if self._docs.pop(doc_id, None) is not None:
             self.hub.unsubscribe(doc_id, self)
         self._lazy_saved.pop(doc_id, None)
+        for key in [k for k in self._lazy_eph if k[1] == doc_id]:
+            del self._lazy_eph[key]
         self.outbox.forget(doc_id)
 
     def _release(self) -> None:
@@ -791,7 +805,18 @@ class PeerSession:
     def ephemeral(self, doc_id: str, sender: str, data: bytes, source: object = None) -> None:
         # Presence is latest-state: only the newest eph per (doc, sending
         # connection) waits for the socket, so a flood from one sender cannot
-        # fill this peer's control queue (the sender is held by its own rate
-        # limit), and two tabs of one user do not overwrite each other.
+        # fill this peer's control queue, and two tabs of one user do not
+        # overwrite each other. And it goes out at most once per
+        # `eph_interval` window: the first at once, what comes during the
+        # window (latest per sender) when it ends. Cursors need no more, and
+        # a peer's own client then decodes tens of presence frames a second,
+        # not the hundreds another peer may send (limits bench).
         key = ("eph", doc_id, id(source) if source is not None else sender)
-        self.outbox.push_latest(key, m.encode(m.EphRelay(doc=doc_id, from_=sender, data=data)))
+        frame = m.encode(m.EphRelay(doc=doc_id, from_=sender, data=data))
+        if self._eph_timer:
+            self._lazy_eph[key] = frame
+            return
+        self.outbox.push_latest(key, frame)
+        self._eph_timer = True
+        self._deferred.append(StartTimer(EPH, self.limits.eph_interval))
+        self.wakeup()

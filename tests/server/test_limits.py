@@ -19,7 +19,7 @@ from bridge.auth import Principal
 from bridge.core.sync import DocSync
 from bridge.hub import Hub
 from bridge.core.ratelimit import ClientLedger, TokenBucket
-from bridge.server.peer import Authenticated, Close, Connected, Pause, PeerSession, Poll, Send
+from bridge.server.peer import EPH, Authenticated, Close, Connected, Pause, PeerSession, Poll, Send, StartTimer, TimerFired
 from bridge.testing import serve_in_thread
 
 from .. import crafting
@@ -151,20 +151,31 @@ async def test_eph_flood_keeps_one_latest_eph_per_sender_and_never_closes_the_by
         for s in (bystander, alice, carol):
             await open_doc(s, hub, "room")
         for i in range(100):
-            assert alice.handle(frame(t="eph", doc="room", data=b"a%d" % i)) == []
-            assert carol.handle(frame(t="eph", doc="room", data=b"c%d" % i)) == []
-        assert bystander.handle(Poll()) == []
+            for sender, name in ((alice, b"a"), (carol, b"c")):
+                effects = sender.handle(frame(t="eph", doc="room", data=name + b"%d" % i))
+                assert all(isinstance(e, StartTimer) for e in effects), effects  # windows of their own
+        # The first presence of the window went at once; the rest waits for its end.
+        assert bystander.handle(Poll()) == [StartTimer(EPH, Limits().eph_interval)]
+        assert [f["data"] for f in await drain(bystander) if f["t"] == "eph"] == [b"a0"]
+        # At the end of the window: the latest of each sender, nothing in between.
+        [again] = bystander.handle(TimerFired(EPH))
+        assert again == StartTimer(EPH, Limits().eph_interval)
         assert not bystander.outbox.overflowed
-        ephs = [f for f in await drain(bystander) if f["t"] == "eph"]
+        ephs = sorted((f for f in await drain(bystander) if f["t"] == "eph"), key=lambda f: f["from"])
         assert ephs == [
             {"t": "eph", "doc": "room", "from": "alice", "data": b"a99"},
             {"t": "eph", "doc": "room", "from": "carol", "data": b"c99"},
         ]
+        # A quiet window ends the windows: the next presence goes at once.
+        assert bystander.handle(TimerFired(EPH)) == []
+        alice.handle(frame(t="eph", doc="room", data=b"now"))
+        assert [f["data"] for f in await drain(bystander) if f["t"] == "eph"] == [b"now"]
         assert bystander.closed_with is None
 
         # A closed document's pending presence is dropped with it.
         alice.handle(frame(t="eph", doc="room", data=b"late"))
         bystander.handle(frame(t="close", doc="room"))
+        bystander.handle(TimerFired(EPH))
         assert not any(f["t"] == "eph" for f in await drain(bystander))
 
 
@@ -182,7 +193,9 @@ async def test_an_eph_flooder_is_closed_4429_and_the_bystander_is_not():
                 break
         assert closes == [Close(4429, "retry after 2 s: over 50 frames/s")]
         assert flooder not in hub.loaded["room"].subscribers
-        assert bystander.handle(Poll()) == [] and not bystander.outbox.overflowed
+        assert bystander.handle(Poll()) == [StartTimer(EPH, Limits().eph_interval)]
+        bystander.handle(TimerFired(EPH))  # the window's end: the flooder's latest
+        assert not bystander.outbox.overflowed
         ephs = [f for f in await drain(bystander) if f["t"] == "eph"]
         assert len(ephs) == 1 and ephs[0]["from"] == "flooder"
         assert bystander.closed_with is None
