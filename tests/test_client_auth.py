@@ -78,14 +78,9 @@ class AuthFake(FakeBridge):
         ws.close(code, reason)
 
     def _handler(self, ws: ServerConnection) -> None:
-        with self._lock:
-            self.connections += 1
-            n = self.connections
-            self.connected_at.append(time.monotonic())
+        n = self._count_connection()
         try:
-            hello = msgspec.msgpack.decode(ws.recv(timeout=10))
-            assert hello["t"] == "hello", hello
-            self.handshakes += 1
+            hello = self._read_hello(ws)
             token = hello.get("token")
             self.hello_tokens.append(token)
             if not self.accept(token):

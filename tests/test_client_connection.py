@@ -74,15 +74,22 @@ class FakeBridge:
         self.rejected += 1
         return Response(self.reject_status, "Rejected", Headers([("Content-Length", "0")]), b"")
 
-    def _handler(self, ws: ServerConnection) -> None:
+    def _count_connection(self) -> int:
         with self._lock:
             self.connections += 1
-            n = self.connections
             self.connected_at.append(time.monotonic())
+            return self.connections
+
+    def _read_hello(self, ws: ServerConnection) -> dict:
+        hello = msgspec.msgpack.decode(ws.recv(timeout=10))
+        assert hello["t"] == "hello", hello
+        self.handshakes += 1
+        return hello
+
+    def _handler(self, ws: ServerConnection) -> None:
+        n = self._count_connection()
         try:
-            hello = msgspec.msgpack.decode(ws.recv(timeout=10))
-            assert hello["t"] == "hello", hello
-            self.handshakes += 1
+            hello = self._read_hello(ws)
             ws.send(encode({"t": "welcome", "v": 1, "peer": hello["peer"], "session": f"s{n}", "caps": [], "limits": {}}))
             self.after_welcome(n, ws)
             syncs: dict[str, DocSync] = {}
