@@ -45,7 +45,7 @@ from .core.validate import ChangeIndex, plan
 from .core.sync import DocSync
 from .core.ratelimit import KeyedBuckets
 from .errors import QuotaExceeded
-from .storage import AppendChanges, Compact, Store, StoredDoc
+from .storage import AppendChanges, Committed, Compact, Store, StoredDoc
 from .storage.batcher import GroupCommit
 
 log = get_logger(__name__)
@@ -95,6 +95,7 @@ class LiveDoc:
         stored_rows: Iterable[bytes] = (),
         skipped: list[str] | None = None,
         index: ChangeIndex | None = None,
+        store_gen: int = 0,
     ) -> None:
         self.doc_id = doc_id
         self.doc = doc
@@ -103,6 +104,9 @@ class LiveDoc:
         # Hashes of change rows in the store that the next snapshot may retire.
         self.stored_rows: set[bytes] = set(stored_rows)
         self.changes_since_snapshot = len(self.stored_rows)
+        # The newest stored snapshot this copy is known to contain (its
+        # generation; 0: none): compaction names it (Compact.base_gen).
+        self.store_gen = store_gen
         # Records the load had to leave out: the document is degraded and its
         # stored rows are never compacted away (they may be the only copy).
         self.skipped = skipped or []
@@ -323,7 +327,7 @@ class Hub:
             )
         # Only rows the document holds may be retired by its next snapshot.
         held = [h for h, _ in stored.changes if result.index is None or h in result.index.hashes]
-        return LiveDoc(doc_id, result.doc, held, result.skipped, result.index)
+        return LiveDoc(doc_id, result.doc, held, result.skipped, result.index, store_gen=stored.gen)
 
     def _schedule_unload(self, live: LiveDoc) -> None:
         if self._tg is None or live.unload_scope is not None:
@@ -366,7 +370,7 @@ class Hub:
         live.note_accepted(changes)
         self.writer.submit(
             AppendChanges(live.doc_id, [(c.hash, c.bytes) for c in changes]),
-            lambda: self._on_durable(live, hashes, heads, origin),
+            lambda result: self._on_durable(live, hashes, heads, origin),
         )
         if live.changes_since_snapshot >= self.compact_after and not live.compacting and self._tg is not None:
             self._tg.start_soon(self._contained, self._compact, live)
@@ -400,12 +404,19 @@ class Hub:
             live.changes_since_snapshot = 0
             done = anyio.Event()
 
-            def on_durable() -> None:
-                live.stored_rows -= covered
-                self._on_durable(live, [], heads, None)
+            def on_durable(result: Committed) -> None:
+                if result.gen is None:
+                    # Another bridge sharing the store compacted meanwhile:
+                    # nothing was written; catch up, then compact again.
+                    live.changes_since_snapshot += len(covered)
+                    log.info("document %s: compaction skipped, another bridge compacted it first", live.doc_id)
+                else:
+                    live.store_gen = result.gen
+                    live.stored_rows -= covered
+                    self._on_durable(live, [], heads, None)
                 done.set()
 
-            self.writer.submit(Compact(live.doc_id, snapshot, covered), on_durable)
+            self.writer.submit(Compact(live.doc_id, snapshot, covered, base_gen=live.store_gen), on_durable)
             await done.wait()
         finally:
             live.compacting = False
@@ -483,6 +494,7 @@ class Hub:
             fresh = self._load(live.doc_id, stored, live.unsaved_rows())
             live.replace(fresh.doc, fresh.index)
             live.skipped = fresh.skipped
+            live.store_gen = fresh.store_gen
             for subscriber in list(live.subscribers):
                 subscriber.doc_reloaded(live.doc_id)
         except Exception:

@@ -67,9 +67,35 @@ class Compact:
     doc_id: str
     snapshot: bytes
     covered: frozenset[bytes] = frozenset()
+    # The generation of the newest snapshot the writer's document is known to
+    # contain (the one it loaded, wrote or merged). When several bridges share
+    # a store, another may have written a newer snapshot meanwhile, which this
+    # one may lack: retiring rows and the older snapshot on the strength of
+    # ours could then lose that bridge's changes. So a store skips a Compact
+    # whose base_gen is not the newest generation (``Committed.gen`` is None)
+    # and the writer compacts again once it has caught up. None: no check
+    # (tools that write a snapshot outright).
+    base_gen: int | None = None
 
 
 Write = Union[AppendChanges, Compact]
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What a store did with one write, reported by ``commit``.
+
+    ``seq``/``prev_seq``: for an AppendChanges on a store that keeps a
+    sequence per document (shared stores), the document's sequence after and
+    before the write; rows ``prev_seq < seq <= seq`` are the ones it added
+    (none when every change was already there). 0 on stores without one.
+    ``gen``: for a Compact, the generation it wrote, or None when it was
+    skipped (a stale ``base_gen``).
+    """
+
+    seq: int = 0
+    prev_seq: int = 0
+    gen: int | None = None
 
 
 @dataclass
@@ -78,6 +104,8 @@ class StoredDoc:
 
     snapshots: list[bytes] = field(default_factory=list)  # newest first, at most two
     changes: list[tuple[bytes, bytes]] = field(default_factory=list)  # (hash, chunk) in append order
+    gen: int = 0  # generation of the newest snapshot (0: none yet)
+    seq: int = 0  # the document's sequence when read (stores that keep one; see Committed)
 
     @property
     def snapshot(self) -> bytes | None:
@@ -101,10 +129,14 @@ class Store(Protocol):
     async def load(self, doc_id: str) -> StoredDoc | None:
         """The stored state, or None if the document was never written."""
 
-    async def commit(self, writes: Sequence[Write]) -> None:
-        """Apply ``writes`` in order, atomically; return once durable."""
+    async def commit(self, writes: Sequence[Write]) -> list[Committed]:
+        """Apply ``writes`` in order, atomically; return once durable, with
+        what was done, one :class:`Committed` per write."""
 
     async def doc_ids(self) -> list[str]: ...
+
+    async def check(self) -> None:
+        """Raise unless the store answers now (readiness; callers bound the wait)."""
 
 
 StoreFactory = Callable[[str], Store]
@@ -137,13 +169,22 @@ def _sqlite(url: str) -> Store:
     return SQLiteStore(path)
 
 
+def _postgres(url: str) -> Store:
+    from .postgres import PostgresStore
+
+    return PostgresStore(url)
+
+
 register_store("memory", _memory)
 register_store("sqlite", _sqlite)
+register_store("postgresql", _postgres)
+register_store("postgres", _postgres)
 
 
 def open_store(url: str) -> Store:
     """Build a store from a URL by its scheme: ``memory:``,
-    ``sqlite:///path/to/file``, or any registered scheme."""
+    ``sqlite:///path/to/file``, ``postgresql://user@host/db``, or any
+    registered scheme."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     factory = _factories.get(scheme)
     if factory is None and scheme:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from automerge import core
 
-from . import AppendChanges, Compact, StoredDoc
+from . import AppendChanges, Committed, Compact, StoredDoc
 
 __all__ = [
     "test_unknown_doc_loads_as_none",
@@ -24,6 +24,9 @@ __all__ = [
     "test_at_most_two_snapshots_are_kept",
     "test_documents_are_kept_apart",
     "test_a_failing_batch_applies_nothing",
+    "test_commit_reports_one_result_per_write",
+    "test_a_compaction_on_a_stale_generation_writes_nothing",
+    "test_check_answers_on_an_open_store",
 ]
 
 def _history(n: int) -> tuple[core.Document, list[core.Change]]:
@@ -208,3 +211,44 @@ async def test_a_failing_batch_applies_nothing(store, bad):
     # The store still works after the failure.
     await store.commit(batch[:-1])
     assert (await store.load("a")).snapshots == [snapshot]
+
+
+@pytest.mark.anyio
+async def test_commit_reports_one_result_per_write(store):
+    _, c = _history(3)
+    results = await store.commit([AppendChanges("a", _pairs(c[:2])), Compact("a", _snapshot_of(c[:2]), frozenset(x.hash for x in c[:2])), AppendChanges("a", _pairs(c[2:]))])
+    assert len(results) == 3 and all(isinstance(r, Committed) for r in results)
+    assert results[1].gen == 1 and (await store.load("a")).gen == 1
+    first, _, last = results
+    if first.seq:  # a store that keeps a sequence per document
+        assert (first.prev_seq, first.seq) == (0, 2) and (last.prev_seq, last.seq) == (2, 3)
+        assert (await store.load("a")).seq == 3
+        (again,) = await store.commit([AppendChanges("a", _pairs(c))])
+        assert again.prev_seq == again.seq == 3, "changes already stored add no rows and take no sequence numbers"
+
+
+@pytest.mark.anyio
+async def test_a_compaction_on_a_stale_generation_writes_nothing(store):
+    # Two bridges share the store; each compacts what it holds. The second
+    # one's copy was loaded before the first compacted: it must not retire
+    # rows or snapshots on the strength of a snapshot that may lack changes.
+    doc, c = _history(4)
+    await store.commit([AppendChanges("a", _pairs(c[:2]))])
+    s_first = _snapshot_of(c[:3])
+    (_, r1) = await store.commit([AppendChanges("a", _pairs(c[2:3])), Compact("a", s_first, frozenset(x.hash for x in c[:3]), base_gen=0)])
+    assert r1.gen == 1
+    before = await store.load("a")
+    s_second = _snapshot_of(c[:2])  # lacks c2, which the first bridge accepted
+    (_, r2) = await store.commit([AppendChanges("a", _pairs(c[3:])), Compact("a", s_second, frozenset(x.hash for x in c[:2]), base_gen=0)])
+    assert r2.gen is None, "skipped: generation 1 is newer than the writer's base"
+    after = await store.load("a")
+    assert after.snapshots == before.snapshots and after.gen == 1
+    assert after.changes == _pairs(c), "the append in the same batch still committed"
+    assert _heads(after.as_bytes()) == doc.get_heads()
+    (r3,) = await store.commit([Compact("a", _snapshot_of(c), frozenset(x.hash for x in c), base_gen=1)])
+    assert r3.gen == 2
+
+
+@pytest.mark.anyio
+async def test_check_answers_on_an_open_store(store):
+    await store.check()

@@ -26,11 +26,12 @@ from typing import Callable
 
 import anyio
 
-from . import Store, Write
+from . import Committed, Store, Write
 
 log = get_logger(__name__)
 
-OnDurable = Callable[[], None]
+# Called once the write is committed, with what the store did with it.
+OnDurable = Callable[[Committed], None]
 
 
 class GroupCommit:
@@ -77,7 +78,7 @@ class GroupCommit:
                 continue
             batch = self._pending[: self.max_batch]
             try:
-                await self.store.commit([write for write, _ in batch])
+                results = await self.store.commit([write for write, _ in batch])
             except Exception as exc:
                 failures += 1
                 self._note_failure(exc, len(batch))
@@ -89,7 +90,7 @@ class GroupCommit:
             failures = 0
             self.failing = None
             del self._pending[: len(batch)]
-            self._done(batch)
+            self._done(batch, results)
 
     def _note_failure(self, exc: Exception, size: int) -> None:
         if self.failing is None:
@@ -102,36 +103,38 @@ class GroupCommit:
         the failures were the writes', not the store's): failed writes are
         then set aside. False, leaving the batch queued, if none succeeded."""
         outcomes = [(item, await self._try_alone(item[0])) for item in batch]
-        if all(exc is not None for _, exc in outcomes):
+        if all(exc is not None for _, (exc, _) in outcomes):
             return False
         # Others committed: give each failed write one more try on its own,
         # so a store that came back half-way through is not mistaken for
         # poison in the writes it failed before it did.
-        outcomes = [(item, exc if exc is None else await self._try_alone(item[0])) for item, exc in outcomes]
+        outcomes = [
+            (item, outcome if outcome[0] is None else await self._try_alone(item[0])) for item, outcome in outcomes
+        ]
         del self._pending[: len(batch)]
         self.failing = None
-        for item, exc in outcomes:
+        for item, (exc, result) in outcomes:
             if exc is None:
-                self._done([item])
+                self._done([item], [result])
             else:
                 log.error("write set aside, it fails alone while others commit: %r: %s", _describe(item[0]), exc)
                 self.poisoned = (self.poisoned + [(item[0], str(exc))])[-100:]
         return True
 
-    async def _try_alone(self, write: Write) -> Exception | None:
+    async def _try_alone(self, write: Write) -> tuple[Exception | None, Committed]:
         try:
-            await self.store.commit([write])
+            (result,) = await self.store.commit([write])
         except Exception as exc:
-            return exc
-        return None
+            return exc, Committed()
+        return None, result
 
-    def _done(self, batch: list[tuple[Write, OnDurable | None]]) -> None:
+    def _done(self, batch: list[tuple[Write, OnDurable | None]], results: list[Committed]) -> None:
         self.commits += 1
         self.writes += len(batch)
-        for _, on_durable in batch:
+        for (_, on_durable), result in zip(batch, results, strict=True):
             if on_durable is not None:
                 try:
-                    on_durable()
+                    on_durable(result)
                 except Exception:
                     log.exception("on_durable callback failed")
 

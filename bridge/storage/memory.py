@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from . import AppendChanges, Compact, StoredDoc, Write
+from . import AppendChanges, Committed, Compact, StoredDoc, Write
 
 _BYTES = (bytes, bytearray, memoryview)
 
@@ -34,6 +34,9 @@ class MemoryStore:
     async def close(self) -> None:
         pass
 
+    async def check(self) -> None:
+        pass
+
     async def load(self, doc_id: str) -> StoredDoc | None:
         doc = self._docs.get(doc_id)
         if doc is None:
@@ -41,9 +44,10 @@ class MemoryStore:
         return StoredDoc(
             snapshots=[data for _, data in reversed(doc.snapshots)],
             changes=[(change_hash, data) for change_hash, (data, _) in doc.rows.items()],
+            gen=doc.snapshots[-1][0] if doc.snapshots else 0,
         )
 
-    async def commit(self, writes: Sequence[Write]) -> None:
+    async def commit(self, writes: Sequence[Write]) -> list[Committed]:
         # Apply to copies of the documents written, then swap them in: all or
         # nothing, as a transaction would be.
         staged: dict[str, _Doc] = {}
@@ -54,8 +58,10 @@ class MemoryStore:
                 staged[doc_id] = current.copy() if current is not None else _Doc()
             return staged[doc_id]
 
+        done: list[Committed] = []
         for write in writes:
             if isinstance(write, AppendChanges):
+                done.append(Committed())
                 rows = doc(write.doc_id).rows
                 for change_hash, data in write.changes:
                     if not isinstance(change_hash, _BYTES) or not isinstance(data, _BYTES):
@@ -65,7 +71,12 @@ class MemoryStore:
                 if not isinstance(write.snapshot, _BYTES):
                     raise TypeError(f"a snapshot is bytes, not {type(write.snapshot).__name__}")
                 target = doc(write.doc_id)
-                gen = (target.snapshots[-1][0] if target.snapshots else 0) + 1
+                newest = target.snapshots[-1][0] if target.snapshots else 0
+                if write.base_gen is not None and write.base_gen != newest:
+                    done.append(Committed(gen=None))
+                    continue
+                gen = newest + 1
+                done.append(Committed(gen=gen))
                 target.snapshots = [s for s in target.snapshots if s[0] >= gen - 1] + [(gen, bytes(write.snapshot))]
                 for change_hash in write.covered:
                     row = target.rows.get(change_hash)
@@ -79,6 +90,7 @@ class MemoryStore:
         for doc_id, staged_doc in staged.items():
             if staged_doc.snapshots or staged_doc.rows:
                 self._docs[doc_id] = staged_doc
+        return done
 
     async def doc_ids(self) -> list[str]:
         return sorted(self._docs)

@@ -32,7 +32,7 @@ from typing import Iterator, Sequence
 
 import anyio.to_thread
 
-from . import AppendChanges, Compact, StoreCorrupt, StoredDoc, StoreLocked, Write
+from . import AppendChanges, Committed, Compact, StoreCorrupt, StoredDoc, StoreLocked, Write
 
 try:
     import fcntl
@@ -226,12 +226,10 @@ class SQLiteStore:
             # One read transaction, so the snapshots and the rows agree.
             conn.execute("BEGIN")
             try:
-                snapshots = [
-                    data
-                    for (data,) in conn.execute(
-                        "SELECT data FROM snapshots WHERE doc_id = ? ORDER BY gen DESC LIMIT 2", (doc_id,)
-                    )
-                ]
+                newest = conn.execute(
+                    "SELECT gen, data FROM snapshots WHERE doc_id = ? ORDER BY gen DESC LIMIT 2", (doc_id,)
+                ).fetchall()
+                snapshots = [data for _, data in newest]
                 changes = [
                     (change_hash, data)
                     for change_hash, data in conn.execute(
@@ -243,19 +241,29 @@ class SQLiteStore:
                     conn.execute("COMMIT")
         if not snapshots and not changes:
             return None
-        return StoredDoc(snapshots, changes)
+        return StoredDoc(snapshots, changes, gen=newest[0][0] if newest else 0)
 
-    async def commit(self, writes: Sequence[Write]) -> None:
-        await anyio.to_thread.run_sync(self._commit, list(writes))
+    async def check(self) -> None:
+        def query() -> None:
+            assert self._reader is not None, "store is not open"
+            with self._read_lock, self._corruption_is_fatal():
+                self._reader.execute("SELECT 1").fetchone()
 
-    def _commit(self, writes: list[Write]) -> None:
+        await anyio.to_thread.run_sync(query)
+
+    async def commit(self, writes: Sequence[Write]) -> list[Committed]:
+        return await anyio.to_thread.run_sync(self._commit, list(writes))
+
+    def _commit(self, writes: list[Write]) -> list[Committed]:
         assert self._writer is not None, "store is not open"
         with self._write_lock, self._corruption_is_fatal():
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
+            done: list[Committed] = []
             try:
                 for write in writes:
                     if isinstance(write, AppendChanges):
+                        done.append(Committed())
                         # Idempotent per (doc_id, hash). Not INSERT OR IGNORE:
                         # that would also drop a row with NULL data silently.
                         conn.executemany(
@@ -264,10 +272,11 @@ class SQLiteStore:
                             [(write.doc_id, h, data) for h, data in write.changes],
                         )
                     elif isinstance(write, Compact):
-                        self._compact(conn, write)
+                        done.append(Committed(gen=self._compact(conn, write)))
                     else:
                         raise TypeError(f"unknown write: {write!r}")
                 conn.execute("COMMIT")
+                return done
             except BaseException:
                 # SQLite rolls back by itself on some errors (disk full, I/O).
                 if conn.in_transaction:
@@ -275,11 +284,12 @@ class SQLiteStore:
                 raise
 
     @staticmethod
-    def _compact(conn: sqlite3.Connection, write: Compact) -> None:
+    def _compact(conn: sqlite3.Connection, write: Compact) -> int | None:
         doc_id = write.doc_id
-        (gen,) = conn.execute(
-            "SELECT COALESCE(MAX(gen), 0) + 1 FROM snapshots WHERE doc_id = ?", (doc_id,)
-        ).fetchone()
+        (newest,) = conn.execute("SELECT COALESCE(MAX(gen), 0) FROM snapshots WHERE doc_id = ?", (doc_id,)).fetchone()
+        if write.base_gen is not None and write.base_gen != newest:
+            return None  # stale: see Compact.base_gen
+        gen = newest + 1
         conn.execute("INSERT INTO snapshots (doc_id, gen, data) VALUES (?, ?, ?)", (doc_id, gen, write.snapshot))
         conn.executemany(
             "UPDATE changes SET covered = ? WHERE doc_id = ? AND hash = ? AND covered IS NULL",
@@ -289,6 +299,7 @@ class SQLiteStore:
         # stays as the fallback; snapshots older than that one go.
         conn.execute("DELETE FROM changes WHERE doc_id = ? AND covered < ?", (doc_id, gen))
         conn.execute("DELETE FROM snapshots WHERE doc_id = ? AND gen < ?", (doc_id, gen - 1))
+        return gen
 
     async def doc_ids(self) -> list[str]:
         def query() -> list[str]:

@@ -29,7 +29,7 @@ class SlowStore(MemoryStore):
             self.failures -= 1
             raise OSError("disk on fire")
         self.batches.append(len(writes))
-        await super().commit(writes)
+        return await super().commit(writes)
 
 
 async def test_writes_that_arrive_during_a_commit_share_the_next_one():
@@ -39,7 +39,7 @@ async def test_writes_that_arrive_during_a_commit_share_the_next_one():
     async with anyio.create_task_group() as tg:
         await tg.start(committer.run)
         for i in range(200):
-            committer.submit(AppendChanges(f"d{i % 7}", [(bytes([i]) * 32, b"x")]), lambda i=i: durable.append(i))
+            committer.submit(AppendChanges(f"d{i % 7}", [(bytes([i]) * 32, b"x")]), lambda _, i=i: durable.append(i))
             if i % 50 == 0:
                 await anyio.lowlevel.checkpoint()
         with anyio.fail_after(10):
@@ -56,7 +56,7 @@ async def test_failed_commits_are_retried_and_nothing_is_acknowledged_early():
     durable = []
     async with anyio.create_task_group() as tg:
         await tg.start(committer.run)
-        committer.submit(AppendChanges("a", [(b"h" * 32, b"x")]), lambda: durable.append(store.batches[:]))
+        committer.submit(AppendChanges("a", [(b"h" * 32, b"x")]), lambda _: durable.append(store.batches[:]))
         with anyio.fail_after(10):
             await committer.drain()
         tg.cancel_scope.cancel()
@@ -72,7 +72,7 @@ class PoisonStore(MemoryStore):
     async def commit(self, writes):
         if any(w.doc_id == "poison" for w in writes):
             raise ValueError("constraint violated")
-        await super().commit(writes)
+        return await super().commit(writes)
 
 
 async def test_one_poison_write_is_set_aside_and_everything_else_commits():
@@ -82,10 +82,10 @@ async def test_one_poison_write_is_set_aside_and_everything_else_commits():
     async with anyio.create_task_group() as tg:
         await tg.start(committer.run)
         for doc_id in ["a", "poison", "b"]:
-            committer.submit(AppendChanges(doc_id, [(doc_id.encode() * 32, b"x")]), lambda d=doc_id: durable.append(d))
+            committer.submit(AppendChanges(doc_id, [(doc_id.encode() * 32, b"x")]), lambda _, d=doc_id: durable.append(d))
         with anyio.fail_after(10):
             await committer.drain()
-        committer.submit(AppendChanges("c", [(b"c" * 32, b"x")]), lambda: durable.append("c"))
+        committer.submit(AppendChanges("c", [(b"c" * 32, b"x")]), lambda _: durable.append("c"))
         with anyio.fail_after(10):
             await committer.drain()
         tg.cancel_scope.cancel()
@@ -101,7 +101,7 @@ async def test_a_store_that_fails_every_write_acknowledges_nothing_and_says_so()
     async with anyio.create_task_group() as tg:
         await tg.start(committer.run)
         for i in range(3):
-            committer.submit(AppendChanges(f"d{i}", [(bytes([i]) * 32, b"x")]), lambda: durable.append(1))
+            committer.submit(AppendChanges(f"d{i}", [(bytes([i]) * 32, b"x")]), lambda _: durable.append(1))
         await eventually(lambda: committer.failing is not None)
         with anyio.move_on_after(0.5):
             await committer.drain()
