@@ -10,6 +10,7 @@ database) ends in one line on stderr and exit status 2, before uvicorn starts.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sqlite3
@@ -201,7 +202,14 @@ SERVE_OPTIONS = (
     Option("--host", str, "127.0.0.1", "interface to listen on (0.0.0.0 for every interface)"),
     Option("--port", _port, 8080, "TCP port to listen on; 0 picks a free one"),
     Option("--data-dir", str, "data", "directory of the SQLite database (DATA_DIR/bridge.sqlite3) and its lock file"),
-    Option("--store", str, None, "store URL used instead of --data-dir: memory: or sqlite:///path/to/file", "URL"),
+    Option("--store", str, None, "store URL used instead of --data-dir: memory:, sqlite:///path/to/file, or "
+           "postgresql://user@host/db (shared by several bridges; see --bus)", "URL"),
+    Option("--bus", str, None, "join the bridges sharing a PostgreSQL --store: redis://host:6379/0 carries each "
+           "commit to the others (docs/cluster.md)", "URL"),
+    Option("--workers", _positive_int, 1, "bridge processes behind this one port (above 1: needs a PostgreSQL "
+           "--store and a --bus)", "N"),
+    Option("--heal-interval", _positive_float, 2.0, "with --bus: seconds between two looks at the store for "
+           "commits the bus did not bring", "SECONDS"),
     Option("--idle-unload-after", _non_negative_float, 30.0,
            "seconds after its last peer left before a document is compacted and unloaded", "SECONDS"),
     Option("--forwarded-allow-ips", str, "127.0.0.1",
@@ -325,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_token(args, fail)
         return
     _apply_environment(args, argv, fail)
-    run_serve(args, fail)
+    run_serve(args, fail, argv)
 
 
 def _read_secret_file(path: str, fail: Callable[[str], NoReturn]) -> str:
@@ -398,23 +406,133 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def run_serve(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> None:
+def run_serve(args: argparse.Namespace, fail: Callable[[str], NoReturn], argv: Sequence[str] = ()) -> None:
     # Imported here so that --help and --version stay quick.
     import uvicorn
 
-    from .server.app import create_app, uvicorn_options
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers > 1:
+        _check_cluster(args, fail)
+        _probe_store(_store_url(args, fail), fail)
+        from uvicorn.supervisors import Multiprocess
+
+        # Each worker is a fresh process (spawned): it parses the same
+        # command line and environment and builds its own app (worker_app).
+        os.environ[WORKER_ARGV] = json.dumps(list(argv))
+        config = uvicorn.Config(
+            "bridge.cli:worker_app", factory=True, workers=args.workers, **_uvicorn_settings(args, picklable=True),
+        )
+        sock = config.bind_socket()
+        Multiprocess(config, sockets=[sock]).run()
+        return
+    app, _ = _build_app(args, fail)
+    config = uvicorn.Config(app, **_uvicorn_settings(args))
+    # uvicorn configured its loggers just now: no token reaches a line
+    # (its access log prints ?token= query strings as they came).
+    redact_tokens_everywhere()
+    uvicorn.Server(config).run()
+
+
+# The command line a `serve --workers N` parent hands to its worker processes.
+WORKER_ARGV = "AUTOMERGE_BRIDGE__WORKER_ARGV"
+
+
+def worker_app():
+    """One worker's app, under `serve --workers N` (uvicorn calls this in
+    each worker process it spawns)."""
+    argv = json.loads(os.environ[WORKER_ARGV])
+    parser, serve = _parser()
+    args = parser.parse_args(argv)
+
+    def fail(message: str) -> NoReturn:
+        serve.exit(2, f"{PROG}: error: {message}\n")
+
+    _apply_environment(args, argv, fail)
+    app, limits = _build_app(args, fail)
+    from .server.deadlines import HeaderDeadlineHTTP
+
+    HeaderDeadlineHTTP.header_timeout = limits.header_timeout
+    redact_tokens_everywhere()
+    return app
+
+
+def _uvicorn_settings(args: argparse.Namespace, *, picklable: bool = False) -> dict:
+    """What uvicorn is told. Under --workers the config is pickled to each
+    worker, so the HTTP protocol goes as an import string (its deadline is
+    set in the worker: worker_app)."""
+    from .server.app import uvicorn_options
+
+    limits = Limits(**{option.dest: getattr(args, option.dest) for option in LIMIT_OPTIONS})
+    options = uvicorn_options(limits)
+    if picklable:
+        options["http"] = "bridge.server.deadlines:HeaderDeadlineHTTP"
+    return {
+        "host": args.host, "port": args.port, "log_level": args.log_level,
+        "forwarded_allow_ips": args.forwarded_allow_ips, **options,
+    }
+
+
+def _store_url(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> str:
+    if args.store is not None:
+        return args.store
+    data_dir = Path(args.data_dir)
+    _check_data_dir(data_dir, fail)
+    return f"sqlite:///{data_dir / 'bridge.sqlite3'}"
+
+
+def _is_shared(url: str) -> bool:
+    return url.split(":", 1)[0].lower() in ("postgresql", "postgres")
+
+
+def _check_cluster(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> None:
+    """--workers and --bus need a store every process shares."""
+    url = args.store or "sqlite:"
+    if not _is_shared(url):
+        which = "SQLite" if url.startswith("sqlite:") else url.split(":", 1)[0]
+        what = f"--workers {args.workers}" if args.workers > 1 else "--bus"
+        fail(f"{what} needs a store all the processes share, and {which} is one process's: use --store "
+             "postgresql://user@host/db (with --bus redis://host:6379/0)")
+    if args.workers > 1 and not args.bus:
+        fail(f"--workers {args.workers} needs --bus redis://host:6379/0, so that each worker hears the others' "
+             "changes at once")
+
+
+def _probe_store(url: str, fail: Callable[[str], NoReturn]) -> None:
+    """Open and close a shared store once, so that a wrong URL, an unreachable
+    server or a schema from a newer bridge ends in one line before serving.
+    (The app opens its own: a connection pool belongs to one event loop.)"""
+    from .storage import open_store
+    from .storage.sqlite import SchemaTooNew
+
+    try:
+        store = open_store(url)
+    except ValueError as exc:
+        fail(str(exc))
+
+    async def probe() -> None:
+        with anyio.fail_after(15):
+            await store.open()
+        await store.close()
+
+    try:
+        anyio.run(probe)
+    except SchemaTooNew as exc:
+        fail(str(exc))
+    except Exception as exc:
+        fail(f"cannot open store {store!r}: {type(exc).__name__}: {exc}")
+
+
+def _build_app(args: argparse.Namespace, fail: Callable[[str], NoReturn]):
+    """The app the flags describe, and its limits."""
+    from .server.app import create_app
     from .storage import StoreCorrupt, StoreLocked, open_store
     from .storage.sqlite import SchemaTooNew, SQLiteStore
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = Limits(**{option.dest: getattr(args, option.dest) for option in LIMIT_OPTIONS})
     bounds = Bounds(**{option.dest: getattr(args, option.dest) for option in BOUND_OPTIONS})
-    if args.store is None:
-        data_dir = Path(args.data_dir)
-        _check_data_dir(data_dir, fail)
-        url = f"sqlite:///{data_dir / 'bridge.sqlite3'}"
-    else:
-        url = args.store
+    url = _store_url(args, fail)
+    if args.bus:
+        _check_cluster(args, fail)
     try:
         store = open_store(url)
     except ValueError as exc:
@@ -433,26 +551,21 @@ def run_serve(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> None
             fail(str(exc))
         except (OSError, sqlite3.Error) as exc:
             fail(f"cannot open {where}: {exc}")
+    elif _is_shared(url) and args.workers == 1:
+        _probe_store(url, fail)
     authenticate = _token_auth(args, fail)
     if authenticate is None and not _loopback(args.host):
         logging.getLogger("bridge").warning(
             "\n%s\nAUTH IS OFF and the bridge listens on %s: anyone who can reach it reads and writes every "
             "document. Turn on token auth (--auth-secret-file, --auth-public-key; see the README), or listen on "
             "127.0.0.1 behind something that authenticates.\n%s", "!" * 78, args.host, "!" * 78)
-    app = create_app(store, limits=limits, bounds=bounds, idle_unload_after=args.idle_unload_after,
-                     authenticate=authenticate, reader_presence=args.reader_presence)
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        forwarded_allow_ips=args.forwarded_allow_ips,
-        **uvicorn_options(limits),
-    )
-    # uvicorn configured its loggers just now: no token reaches a line
-    # (its access log prints ?token= query strings as they came).
-    redact_tokens_everywhere()
-    uvicorn.Server(config).run()
+    try:
+        app = create_app(store, limits=limits, bounds=bounds, idle_unload_after=args.idle_unload_after,
+                         authenticate=authenticate, reader_presence=args.reader_presence, bus=args.bus,
+                         heal_interval=args.heal_interval)
+    except ValueError as exc:
+        fail(str(exc))
+    return app, limits
 
 
 if __name__ == "__main__":

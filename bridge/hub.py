@@ -85,6 +85,52 @@ class Subscriber(Protocol):
         connections apart (two tabs of one user are two sources)."""
 
 
+class Replicator(Protocol):
+    """What the hub tells the other bridges sharing its store (the cluster
+    layer, :class:`bridge.cluster.node.ClusterNode`); :class:`Standalone`
+    when there are none."""
+
+    def loaded(self, live: "LiveDoc") -> None: ...
+
+    async def catch_up(self, live: "LiveDoc") -> None:
+        """A peer opens ``live``, loaded earlier: bring it up to what the
+        store holds first, so that what was acknowledged anywhere before the
+        open is in what the peer is sent."""
+
+    def unloaded(self, live: "LiveDoc") -> None: ...
+
+    def committed(self, live: "LiveDoc", result: Committed, changes: list[tuple[bytes, bytes]]) -> None:
+        """Changes this bridge accepted are committed (``result``: their place
+        in the store's sequence)."""
+
+    def stale(self, live: "LiveDoc") -> None:
+        """A compaction was skipped: another bridge wrote a newer snapshot."""
+
+    def ephemeral(self, live: "LiveDoc", identity: str, data: bytes, source: object) -> None: ...
+
+
+class Standalone:
+    """The only bridge on its store: nobody to tell."""
+
+    def loaded(self, live: "LiveDoc") -> None:
+        pass
+
+    async def catch_up(self, live: "LiveDoc") -> None:
+        pass
+
+    def unloaded(self, live: "LiveDoc") -> None:
+        pass
+
+    def committed(self, live: "LiveDoc", result: Committed, changes: list[tuple[bytes, bytes]]) -> None:
+        pass
+
+    def stale(self, live: "LiveDoc") -> None:
+        pass
+
+    def ephemeral(self, live: "LiveDoc", identity: str, data: bytes, source: object) -> None:
+        pass
+
+
 class LiveDoc:
     """One loaded document, its subscribers and what of it is durable."""
 
@@ -96,6 +142,7 @@ class LiveDoc:
         skipped: list[str] | None = None,
         index: ChangeIndex | None = None,
         store_gen: int = 0,
+        store_seq: int = 0,
     ) -> None:
         self.doc_id = doc_id
         self.doc = doc
@@ -107,6 +154,9 @@ class LiveDoc:
         # The newest stored snapshot this copy is known to contain (its
         # generation; 0: none): compaction names it (Compact.base_gen).
         self.store_gen = store_gen
+        # The store's sequence for this document when it was read (shared
+        # stores): the cluster layer follows it from there.
+        self.store_seq = store_seq
         # Records the load had to leave out: the document is degraded and its
         # stored rows are never compacted away (they may be the only copy).
         self.skipped = skipped or []
@@ -183,6 +233,20 @@ class LiveDoc:
         self._durable_advanced.set()
         self._durable_advanced = anyio.Event()
 
+    def note_committed_elsewhere(self, changes: list[core.Change]) -> None:
+        """Changes another bridge committed to the shared store: durable
+        already, and rows that this bridge's next snapshot may retire."""
+        if self._index is not None:
+            self._index.add_changes(changes)
+        hashes = [change.hash for change in changes]
+        self.stored_rows.update(hashes)
+        self.changes_since_snapshot += len(changes)
+        self._committed_since_load.update(hashes)
+        if not self._unsaved:
+            self.durable_heads = self.doc.get_heads()
+        self._durable_advanced.set()
+        self._durable_advanced = anyio.Event()
+
     def unsaved_rows(self) -> list[tuple[bytes, bytes]]:
         return list(self._unsaved.items())
 
@@ -197,8 +261,10 @@ class Hub:
         create_on_open: bool = True,
         bounds: Bounds | None = None,
         docs_created_per_hour: int | None = None,
+        replicator: Replicator | None = None,
     ) -> None:
         self.store = store
+        self.replicator: Replicator = replicator or Standalone()
         self.idle_unload_after = idle_unload_after
         self.compact_after = compact_after
         self.create_on_open = create_on_open
@@ -259,12 +325,21 @@ class Hub:
         first. ``creator`` is who a new document counts against
         (``docs_created_per_hour``; None: trusted, not counted): over it,
         :class:`~bridge.errors.QuotaExceeded`."""
+        loaded = doc_id in self._docs
         live = await self._get(doc_id, self.create_on_open if create is None else create, creator)
+        self._keep(live)
+        if loaded:
+            await self.replicator.catch_up(live)
+            self._keep(live)
         live.subscribers.add(subscriber)
+        return live
+
+    @staticmethod
+    def _keep(live: LiveDoc) -> None:
+        """Someone wants ``live``: an unload waiting for it to idle is off."""
         if live.unload_scope is not None:
             live.unload_scope.cancel()
             live.unload_scope = None
-        return live
 
     def unsubscribe(self, doc_id: str, subscriber: Subscriber) -> None:
         live = self._docs.get(doc_id)
@@ -296,6 +371,7 @@ class Hub:
             else:
                 live = self._load(doc_id, stored, [])
             self._docs[doc_id] = live
+            self.replicator.loaded(live)
             return live
         finally:
             del self._loading[doc_id]
@@ -354,6 +430,7 @@ class Hub:
             # waits above cancelled this scope, so the document is idle now.
             if self._docs.get(live.doc_id) is live:
                 del self._docs[live.doc_id]
+                self.replicator.unloaded(live)
             log.debug("unloaded %s", live.doc_id)
 
     # --- changes ------------------------------------------------------------
@@ -368,10 +445,13 @@ class Hub:
         hashes = [change.hash for change in changes]
         heads = live.doc.get_heads()
         live.note_accepted(changes)
-        self.writer.submit(
-            AppendChanges(live.doc_id, [(c.hash, c.bytes) for c in changes]),
-            lambda result: self._on_durable(live, hashes, heads, origin),
-        )
+        rows = [(c.hash, c.bytes) for c in changes]
+
+        def on_durable(result: Committed) -> None:
+            self._on_durable(live, hashes, heads, origin)
+            self.replicator.committed(live, result, rows)
+
+        self.writer.submit(AppendChanges(live.doc_id, rows), on_durable)
         if live.changes_since_snapshot >= self.compact_after and not live.compacting and self._tg is not None:
             self._tg.start_soon(self._contained, self._compact, live)
         for subscriber in list(live.subscribers):
@@ -410,6 +490,7 @@ class Hub:
                     # nothing was written; catch up, then compact again.
                     live.changes_since_snapshot += len(covered)
                     log.info("document %s: compaction skipped, another bridge compacted it first", live.doc_id)
+                    self.replicator.stale(live)
                 else:
                     live.store_gen = result.gen
                     live.stored_rows -= covered
@@ -442,18 +523,8 @@ class Hub:
         document past ``max_doc_ops`` (either way the valid ones are applied
         and accepted all the same).
         """
-        try:
-            incoming = expand_chunks(data, self.bounds, live.index.hashes, live.doc.get_heads())
-        except ChunkError as exc:
-            raise ValueError(f"not acceptable Automerge data: {exc}") from None
-        planned = plan(live.index, incoming, max_doc_ops=self.bounds.max_doc_ops)
         before = live.doc.get_heads()
-        if planned.apply:
-            try:
-                apply_chunks(live.doc, [change.chunk for change in planned.apply])
-            except CoreFailure as exc:
-                self.damaged(live, exc)
-                raise ValueError(f"the changes could not be applied: {exc}") from None
+        incoming, planned = self._apply_checked(live, data)
         self.change_locally(live, before, None)
         if planned.rejected:
             change, reason = planned.rejected[0]
@@ -464,12 +535,53 @@ class Hub:
             raise ValueError(f"{len(planned.waiting)} changes lack dependencies the server does not have")
         return [change.hash for change in incoming]
 
+    def merge_committed(self, live: LiveDoc, data: bytes) -> bool:
+        """Merge changes another bridge committed to the shared store (from
+        the bus or read back from the store): checked like any peer's, relayed
+        to this bridge's peers, and durable already, so not written again.
+        False when some could not be applied (refused, or their dependencies
+        are missing): the caller reads the store again later."""
+        before = live.doc.get_heads()
+        try:
+            _, planned = self._apply_checked(live, data)
+        except ValueError as exc:
+            log.warning("document %s: changes committed by another bridge not applied: %s", live.doc_id, exc)
+            return False
+        if planned.rejected:
+            change, reason = planned.rejected[0]
+            log.error("document %s: refused change %s that another bridge committed: %s (are the bridges' "
+                      "limits the same?)", live.doc_id, change.hash.hex()[:12], reason)
+        if live.doc.get_heads() != before:
+            live.note_committed_elsewhere(live.doc.get_changes(before))
+            heads = live.durable_heads
+            for subscriber in list(live.subscribers):
+                subscriber.doc_changed(live.doc_id, None)
+                subscriber.doc_saved(live.doc_id, heads, False)
+        return not planned.rejected and not planned.waiting
+
+    def _apply_checked(self, live: LiveDoc, data: bytes):
+        """Check ``data`` against the document and apply what passes;
+        ``(incoming, plan)``. ValueError when it is not acceptable at all."""
+        try:
+            incoming = expand_chunks(data, self.bounds, live.index.hashes, live.doc.get_heads())
+        except ChunkError as exc:
+            raise ValueError(f"not acceptable Automerge data: {exc}") from None
+        planned = plan(live.index, incoming, max_doc_ops=self.bounds.max_doc_ops)
+        if planned.apply:
+            try:
+                apply_chunks(live.doc, [change.chunk for change in planned.apply])
+            except CoreFailure as exc:
+                self.damaged(live, exc)
+                raise ValueError(f"the changes could not be applied: {exc}") from None
+        return incoming, planned
+
     def relay_ephemeral(self, live: LiveDoc, sender: Subscriber, data: bytes, identity: str) -> None:
         """Presence from ``sender``, relayed ``from`` its ``identity`` (the
         principal's, never a name the peer chose) to everyone else on it."""
         for subscriber in list(live.subscribers):
             if subscriber is not sender:
                 subscriber.ephemeral(live.doc_id, identity, data, sender)
+        self.replicator.ephemeral(live, identity, data, sender)
 
     # --- recovery -----------------------------------------------------------
 
@@ -501,6 +613,7 @@ class Hub:
             log.exception("document %s: reload after a core failure failed; unloading it", live.doc_id)
             if self._docs.get(live.doc_id) is live:
                 del self._docs[live.doc_id]
+                self.replicator.unloaded(live)
         finally:
             done, live.recovering = live.recovering, None
             done.set()

@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 import anyio
 from starlette.applications import Starlette
@@ -35,6 +35,9 @@ from ..errors import CloseCode
 from ..hub import Hub
 from ..logs import get_logger
 from ..storage import Store, open_store
+
+if TYPE_CHECKING:
+    from ..cluster import Bus
 from .admission import Admission, Refusal
 from .deadlines import header_timeout_protocol
 from .http import doc_routes, error
@@ -73,6 +76,8 @@ def create_app(
     bounds: Bounds | None = None,
     web_dir: str | Path | None = WEB_DIST,
     reader_presence: bool = True,
+    bus: "Bus | str | None" = None,
+    heal_interval: float = 2.0,
 ) -> Starlette:
     """Build the bridge.
 
@@ -82,11 +87,27 @@ def create_app(
     ``bridge.tokens.TokenAuth(secret=...)``; None lets everyone read and
     write everything. ``reader_presence``: relay ``eph`` from read-only
     principals (viewers' cursors) too.
+
+    ``bus`` (a :class:`~bridge.cluster.Bus` or a URL, ``redis://host/0``)
+    joins this bridge to the others that share its store, which must then
+    be a shared one (PostgreSQL): see docs/cluster.md. ``heal_interval``:
+    seconds between two looks at the store for commits the bus did not bring.
     """
     if store is None:
         store = f"sqlite:///{Path(data_dir) / 'bridge.sqlite3'}"
     if isinstance(store, str):
         store = open_store(store)
+    node = None
+    if bus is not None:
+        from ..cluster import open_bus
+        from ..cluster.node import ClusterNode, shares_store
+
+        if not shares_store(store):
+            raise ValueError(
+                f"a bus joins bridges that share one store, but {type(store).__name__} is one bridge's alone: "
+                "use a PostgreSQL store (postgresql://...)"
+            )
+        node = ClusterNode(store, open_bus(bus) if isinstance(bus, str) else bus, heal_interval=heal_interval)
     limits = limits or Limits()
     server_peer = f"bridge-{secrets.token_hex(4)}"
     admission = Admission(limits)
@@ -104,6 +125,7 @@ def create_app(
             create_on_open=create_on_open,
             bounds=bounds,
             docs_created_per_hour=limits.docs_created_per_hour,
+            replicator=node,
         )
         from .resources import FdMonitor
 
@@ -115,6 +137,8 @@ def create_app(
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(hub.run)
+                if node is not None:
+                    await tg.start(node.run, hub)
                 tg.start_soon(fd_monitor.watch)
                 app.state.hub = parent.state.hub = hub
                 try:
@@ -164,6 +188,8 @@ def create_app(
             **health, "peer": server_peer, "loaded_docs": len(hub.loaded), "commits": hub.writer.commits,
             "connections": admission.snapshot(), "clients": ledger.snapshot(),
         }
+        if node is not None:
+            body["cluster"] = node.health()
         fd_monitor = app.state.fd_monitor
         body["fds"] = fds = fd_monitor.snapshot()
         fd_problem = fd_monitor.problem(fds)
@@ -177,6 +203,24 @@ def create_app(
         # but must not take the whole node out of a load balancer.
         return JSONResponse(body, status_code=503 if health["status"] == "failing" else 200)
 
+    async def readyz(request: Request) -> Response:
+        """Ready to take traffic: the store answers (and the bus, when there
+        is one), and commits are not failing. A load balancer routes around
+        a node that says no; /healthz stays the liveness probe."""
+        hub: Hub = app.state.hub
+        problems: list[str] = []
+        checks = [("store", store.check)] + ([("bus", node.bus.check)] if node is not None else [])
+        for name, check in checks:
+            try:
+                with anyio.fail_after(2):
+                    await check()
+            except Exception as exc:
+                problems.append(f"{name}: {type(exc).__name__}: {exc}"[:300] if str(exc) else f"{name}: {type(exc).__name__}")
+        if hub.writer.failing:
+            problems.append(f"store: commits failing: {hub.writer.failing}")
+        body = {"ready": not problems, "problems": problems}
+        return JSONResponse(body, status_code=200 if not problems else 503)
+
     async def sync_over_http(request: Request) -> Response:
         # A plain GET on the socket's URL (a browser probing why its socket
         # failed) learns that the path is right and an upgrade is needed.
@@ -186,6 +230,7 @@ def create_app(
         WebSocketRoute("/sync", sync_endpoint),
         Route("/sync", sync_over_http),
         Route("/healthz", healthz),
+        Route("/readyz", readyz),
         *doc_routes(lambda: app.state.hub, limits, authenticate),
     ]
     routes += _web_routes(Path(web_dir)) if web_dir else []

@@ -110,3 +110,9 @@ def _h11_protocol(seconds: float) -> type[asyncio.Protocol]:
             self._arm_header_deadline()
 
     return H11WithHeaderDeadline
+
+
+# For uvicorn's ``http`` option as an import string, where the config must be
+# picklable (``serve --workers``: each worker process builds its own). Each
+# worker sets the deadline from its settings before it serves.
+HeaderDeadlineHTTP = header_timeout_protocol(10.0)

@@ -811,7 +811,7 @@ class PeerSession:
         # window (latest per sender) when it ends. Cursors need no more, and
         # a peer's own client then decodes tens of presence frames a second,
         # not the hundreds another peer may send (limits bench).
-        key = ("eph", doc_id, id(source) if source is not None else sender)
+        key = ("eph", doc_id, source if source is not None else sender)
         frame = m.encode(m.EphRelay(doc=doc_id, from_=sender, data=data))
         if self._eph_timer:
             self._lazy_eph[key] = frame
