@@ -119,13 +119,20 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], dict[str, str], str]]:
         "env-data-dir": ([], {"DATA_DIR": str(a_file)}, str(a_file)),
         "no-command": (None, {}, "COMMAND"),
         "unknown-flag": (["--po", "8080"], {}, "--po"),
+        "workers-on-sqlite": (["--workers", "2"], {}, "SQLite is one process's"),
+        "bus-on-sqlite": (["--bus", "redis://127.0.0.1:1/0"], {}, "SQLite is one process's"),
+        "bus-on-memory": (["--store", "memory:", "--bus", "redis://127.0.0.1:1/0"], {}, "memory is one process's"),
+        "workers-without-bus": (["--workers", "2", "--store", "postgresql://postgres@127.0.0.1/x"], {}, "--bus"),
+        "workers-zero": (["--workers", "0"], {}, "--workers"),
+        "postgres-unreachable": (["--store", "postgresql://nobody:s3cret@127.0.0.1:1/none"], {}, "cannot open store"),
     }
 
 
 BAD = [
     "log-level", "port", "port-range", "max-frame-bytes", "store-scheme", "store-sqlite-url",
     "data-dir-is-a-file", "data-dir-under-a-file", "env-port", "env-log-level", "env-flush-timeout",
-    "env-store", "env-data-dir", "no-command", "unknown-flag",
+    "env-store", "env-data-dir", "no-command", "unknown-flag", "workers-on-sqlite", "bus-on-sqlite",
+    "bus-on-memory", "workers-without-bus", "workers-zero", "postgres-unreachable",
 ]
 
 
@@ -142,6 +149,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, case):
     assert lines[0].startswith("automerge-bridge")
     assert "Traceback" not in result.stderr
     assert mentions in lines[0]
+    assert "s3cret" not in result.stderr, "a password in a store URL is never printed"
 
 
 def test_unwritable_data_dir(tmp_path):
