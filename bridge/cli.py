@@ -502,7 +502,7 @@ def _probe_store(url: str, fail: Callable[[str], NoReturn]) -> None:
     server or a schema from a newer bridge ends in one line before serving.
     (The app opens its own: a connection pool belongs to one event loop.)"""
     from .storage import open_store
-    from .storage.sqlite import SchemaTooNew
+    from .storage import SchemaTooNew
 
     try:
         store = open_store(url)
@@ -526,7 +526,8 @@ def _build_app(args: argparse.Namespace, fail: Callable[[str], NoReturn]):
     """The app the flags describe, and its limits."""
     from .server.app import create_app
     from .storage import StoreCorrupt, StoreLocked, open_store
-    from .storage.sqlite import SchemaTooNew, SQLiteStore
+    from .storage import SchemaTooNew
+    from .storage.sqlite import SQLiteStore
 
     limits = Limits(**{option.dest: getattr(args, option.dest) for option in LIMIT_OPTIONS})
     bounds = Bounds(**{option.dest: getattr(args, option.dest) for option in BOUND_OPTIONS})

@@ -193,14 +193,18 @@ class ClusterNode:
             for subscriber in list(live.subscribers):
                 subscriber.ephemeral(doc_id, message.sender, message.data, (message.node, message.source))
             return
-        if not self._note(doc_id, tracker, message.prev, message.seq):
-            return
+        if message.seq <= tracker.seen:
+            return  # already here (read from the store meanwhile)
         if message.data is None:
             self._heal_now(doc_id)
             return
         self.applied += 1
-        if not hub.merge_committed(live, message.data):
-            self._heal_now(doc_id)  # their dependencies are in rows we lack
+        if hub.merge_committed(live, message.data):
+            self._note(doc_id, tracker, message.prev, message.seq)
+        else:
+            # Their dependencies are in rows we lack (a message lost or still
+            # on its way): the range stays unseen, so the store read covers it.
+            self._heal_now(doc_id)
 
     def bus_connected(self) -> None:
         # Whatever was published while we were away is lost: read the store.
@@ -277,16 +281,36 @@ class ClusterNode:
         whole = stored.gen > live.store_gen
         if whole:
             # A newer snapshot: rows after `seen` may have been retired into it.
-            stored = await self.store.load(doc_id)
-            if stored is None or hub.loaded.get(doc_id) is not live:
+            stored = await self._whole(doc_id, live)
+            if stored is None:
                 return
         self.heals += 1
         before = len(live.index.hashes)
-        complete = hub.merge_committed(live, stored.as_bytes()) if (stored.snapshots or stored.changes) else True
+        complete = self._merge(live, stored)
+        if not complete and not whole:
+            # Rows after `seen` depend on something we lack: read everything.
+            whole, stored = True, await self._whole(doc_id, live)
+            if stored is None:
+                return
+            complete = self._merge(live, stored)
         self.healed_changes += len(live.index.hashes) - before
         if complete:
             tracker.healed(stored.seq)
             if whole:
                 live.store_gen = stored.gen
+        else:
+            log.error("document %s: the stored document does not merge into this bridge's copy; "
+                      "retrying at the next period", doc_id)
         if tracker.has_gap:  # commits after our read, whose messages are still missing
             self._heal_later(doc_id, self.gap_grace)
+
+    async def _whole(self, doc_id: str, live: LiveDoc) -> StoredDoc | None:
+        stored = await self.store.load(doc_id)
+        hub = self.hub
+        return stored if hub is not None and hub.loaded.get(doc_id) is live else None
+
+    def _merge(self, live: LiveDoc, stored: StoredDoc) -> bool:
+        assert self.hub is not None
+        if not stored.snapshots and not stored.changes:
+            return True
+        return self.hub.merge_committed(live, stored.as_bytes())

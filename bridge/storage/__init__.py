@@ -44,6 +44,18 @@ class StoreCorrupt(Exception):
         super().__init__(f"{path} is corrupt{why}: stop the bridge and restore it from a backup")
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer automerge-bridge: this one refuses
+    to open it rather than misread it."""
+
+    def __init__(self, where: str, version: int, known: int) -> None:
+        self.path, self.version = where, version
+        super().__init__(
+            f"{where} has schema version {version}, but this automerge-bridge knows only up to "
+            f"version {known}: it was written by a newer bridge; upgrade to open it"
+        )
+
+
 @dataclass(frozen=True)
 class AppendChanges:
     """Accepted change chunks, in causal order: ``(hash, bytes)`` pairs."""

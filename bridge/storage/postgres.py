@@ -59,8 +59,7 @@ from urllib.parse import parse_qsl, unquote, urlencode
 import anyio
 
 from ..logs import get_logger
-from . import AppendChanges, Committed, Compact, StoredDoc, Write
-from .sqlite import SchemaTooNew as _SQLiteSchemaTooNew
+from . import AppendChanges, Committed, Compact, SchemaTooNew, StoredDoc, Write
 
 log = get_logger(__name__)
 
@@ -185,20 +184,6 @@ RETURNING hash
 # bridge_docs row with neither exists when a batch touched the document
 # without storing anything (an empty append, a skipped compaction).
 _HAS_DATA = "(seq > 0 OR gen > 0)"
-
-
-class SchemaTooNew(_SQLiteSchemaTooNew):
-    """The database was written by a newer automerge-bridge (its
-    ``bridge_schema`` version is above :data:`SCHEMA_VERSION`). A subclass of
-    the SQLite store's, so code that catches that one catches this one."""
-
-    def __init__(self, where: str, version: int) -> None:
-        RuntimeError.__init__(
-            self,
-            f"{where} has schema version {version}, but this automerge-bridge knows only up to "
-            f"version {SCHEMA_VERSION}: it was written by a newer bridge; upgrade to open it",
-        )
-        self.path, self.version = where, version
 
 
 class PostgresStoreError(RuntimeError):
@@ -354,7 +339,7 @@ class PostgresStore:
             await conn.execute("CREATE TABLE IF NOT EXISTS bridge_schema (version int NOT NULL)")
             version = await conn.fetchval("SELECT max(version) FROM bridge_schema")
             if version is not None and version > SCHEMA_VERSION:
-                raise SchemaTooNew(self.where, version)
+                raise SchemaTooNew(self.where, version, SCHEMA_VERSION)
             if version is None:
                 for statement in _SCHEMA_V1:
                     await conn.execute(statement)

@@ -32,7 +32,7 @@ from typing import Iterator, Sequence
 
 import anyio.to_thread
 
-from . import AppendChanges, Committed, Compact, StoreCorrupt, StoredDoc, StoreLocked, Write
+from . import AppendChanges, Committed, Compact, SchemaTooNew, StoreCorrupt, StoredDoc, StoreLocked, Write
 
 try:
     import fcntl
@@ -82,18 +82,6 @@ _NOT_CORRUPTION = (
     sqlite3.DataError,
     sqlite3.NotSupportedError,
 )
-
-
-class SchemaTooNew(RuntimeError):
-    """The database was written by a newer automerge-bridge: this one refuses
-    to open it rather than misread it."""
-
-    def __init__(self, path: str, version: int) -> None:
-        self.path, self.version = path, version
-        super().__init__(
-            f"{path} has schema version {version}, but this automerge-bridge knows only up to "
-            f"version {SCHEMA_VERSION}: it was written by a newer bridge; upgrade to open it"
-        )
 
 
 class SQLiteStore:
@@ -174,7 +162,7 @@ class SQLiteStore:
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > SCHEMA_VERSION:
-                raise SchemaTooNew(str(self.path), version)
+                raise SchemaTooNew(str(self.path), version, SCHEMA_VERSION)
             if version < SCHEMA_VERSION:
                 has_v1 = conn.execute(
                     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'"

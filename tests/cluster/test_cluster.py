@@ -35,7 +35,7 @@ class Cluster:
         name = f"node{len(self.nodes)}"
         node = self._stack.enter_context(serve_in_subprocess(
             self.tmp_path / name, port=port, log=self.tmp_path / f"{name}.log",
-            extra_args=["--store", self.store, "--bus", self.redis.url, "--heal-interval", "0.5"],
+            extra_args=["--store", self.store, "--bus", self.redis.url, "--heal-interval", "0.5", "--log-level", "info"],
         ))
         self.nodes.append(node)
         return node
@@ -178,7 +178,14 @@ async def test_nodes_converge_after_redis_restarts_without_clients_reconnecting(
         for doc in docs:
             await doc.flush()
         expected = {f"n{n}-{i}": i for n in range(3) for i in range(60)}
-        await eventually(lambda: all(doc.to_py() == expected for doc in docs), timeout=20)
+        try:
+            await eventually(lambda: all(doc.to_py() == expected for doc in docs), timeout=20)
+        except TimeoutError:
+            for doc in docs:
+                print("MISSING", sorted(set(expected) - set(doc.to_py())), doc.heads)
+            for node in cluster.nodes:
+                print(httpx.get(f"{node.http_url}/healthz").json().get("cluster"))
+            raise
         assert all(s.count("online") <= 1 for s in states), f"no client reconnected: {states}"
 
 
