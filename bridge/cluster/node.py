@@ -274,7 +274,7 @@ class ClusterNode:
         live = hub.loaded.get(doc_id) if hub is not None else None
         if hub is None or tracker is None or live is None:
             return
-        since = tracker.seen
+        since, pending = tracker.seen, tracker.pending()
         stored = await self.store.read_since(doc_id, since)
         if stored is None or hub.loaded.get(doc_id) is not live:
             return
@@ -295,7 +295,7 @@ class ClusterNode:
             complete = self._merge(live, stored)
         self.healed_changes += len(live.index.hashes) - before
         if complete:
-            tracker.healed(stored.seq)
+            tracker.healed(stored.seq, pending)
             if whole:
                 live.store_gen = stored.gen
         else:

@@ -34,9 +34,20 @@ class SeqTracker:
                 self.gap_since = now
         return True
 
-    def healed(self, seq: int) -> None:
-        """Everything up to ``seq`` was read from the store."""
+    def pending(self) -> set[int]:
+        """The ranges waiting past the watermark (by their start)."""
+        return set(self._ahead)
+
+    def healed(self, seq: int, noted_before: set[int] = frozenset()) -> None:
+        """Everything up to ``seq`` was read from the store. Ranges in
+        ``noted_before`` (:meth:`pending` before the read) that still reach
+        past ``seq`` were never committed: messages are published after the
+        commit, so the read would have seen their rows. A corrupt or forged
+        message, then: forgotten, or the gap would never close."""
         self.seen = max(self.seen, seq)
+        for prev in noted_before:
+            if self._ahead.get(prev, 0) > seq:
+                del self._ahead[prev]
         self._advance()
 
     @property

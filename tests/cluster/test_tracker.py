@@ -39,3 +39,12 @@ def test_an_empty_range_at_the_watermark_is_not_a_gap():
     t = SeqTracker(4)
     assert not t.note(4, 4, 0.0)
     assert not t.has_gap
+
+
+def test_a_range_the_store_never_had_is_forgotten_after_a_read():
+    t = SeqTracker(0)
+    t.note(10**9, 10**9 + 1, 0.0)  # forged, or corrupt: no such rows
+    pending = t.pending()
+    t.note(5, 6, 0.0)  # noted after the read began: may be real
+    t.healed(3, pending)
+    assert t.seen == 3 and t.pending() == {5}, "the forged range is gone, the later one waits"
