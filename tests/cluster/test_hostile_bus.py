@@ -15,8 +15,7 @@ from automerge import core
 from bridge.cluster import open_bus
 from bridge.cluster.node import Changes, ClusterNode
 from bridge.hub import Hub
-from bridge.storage import open_store
-from tests.cluster.test_compaction import Quiet, edit
+from tests.cluster.test_compaction import Quiet, edit, shared_stores
 from tests.services import RedisServer, postgres_url  # noqa: F401 (fixture)
 from tests.waiting import eventually
 
@@ -24,10 +23,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_garbage_crafted_data_and_forged_sequences_on_the_bus(postgres_url):  # noqa: F811
-    stores = [open_store(postgres_url), open_store(postgres_url)]
-    for store in stores:
-        await store.open()
-    try:
+    async with shared_stores(postgres_url) as stores:
         with RedisServer() as server:
             async with anyio.create_task_group() as tg:
                 nodes = [ClusterNode(store, open_bus(server.url), heal_interval=0.3) for store in stores]
@@ -63,6 +59,3 @@ async def test_garbage_crafted_data_and_forged_sequences_on_the_bus(postgres_url
                 keys = set(lives[1].doc.keys(core.ROOT))
                 assert {"honest0", "after2", "more2"} <= keys
                 tg.cancel_scope.cancel()
-    finally:
-        for store in stores:
-            await store.close()

@@ -7,6 +7,8 @@ Real PostgreSQL (tests/services.py): each test gets a fresh database.
 
 from __future__ import annotations
 
+import contextlib
+
 import random
 import traceback
 from collections import defaultdict
@@ -274,15 +276,24 @@ async def test_writes_that_store_nothing_leave_no_document(store):
     assert await store.doc_ids() == ["empty"]
 
 
-@pytest.mark.anyio
-async def test_a_large_batch_across_many_documents_takes_a_few_round_trips(postgres_url):  # noqa: F811
-    # One pooled connection, so every statement a commit sends shows in its log.
-    store = PostgresStore(postgres_url, max_connections=1)
+@contextlib.asynccontextmanager
+async def logged_store(url: str):
+    """A store on one pooled connection, and the list of every statement it sends."""
+    store = PostgresStore(url, max_connections=1)
     await store.open()
     try:
         statements: list[str] = []
         async with store._pool.acquire() as conn:
             conn.add_query_logger(lambda record: statements.append(record.query))
+        yield store, statements
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_large_batch_across_many_documents_takes_a_few_round_trips(postgres_url):  # noqa: F811
+    # One pooled connection, so every statement a commit sends shows in its log.
+    async with logged_store(postgres_url) as (store, statements):
         _, c = history(5)
         await store.commit([AppendChanges("doc-0000", pairs(c[:1]))])
         batch = [AppendChanges(f"doc-{i:04d}", pairs(c)) for i in reversed(range(1000))]
@@ -302,26 +313,17 @@ async def test_a_large_batch_across_many_documents_takes_a_few_round_trips(postg
         assert len(await store.doc_ids()) == 1000
         assert (await store.load("doc-0999")).changes == pairs(c)
         assert (await store.load("doc-0000")).changes == pairs(c), "the Compact marked doc-0000's row, kept it"
-    finally:
-        await store.close()
 
 
 @pytest.mark.anyio
 async def test_a_database_with_synchronous_commit_off_still_gets_durable_commits(postgres_url, caplog):  # noqa: F811
     database = postgres_url.rsplit("/", 1)[1]
     await query(postgres_url, f'ALTER DATABASE "{database}" SET synchronous_commit = off')
-    store = PostgresStore(postgres_url, max_connections=1)
-    await store.open()
-    try:
-        statements: list[str] = []
-        async with store._pool.acquire() as conn:
-            conn.add_query_logger(lambda record: statements.append(record.query))
+    async with logged_store(postgres_url) as (store, statements):
         _, c = history(1)
         await store.commit([AppendChanges("a", pairs(c))])
         assert "SET LOCAL synchronous_commit = on" in statements
         assert "synchronous_commit = off" in caplog.text
-    finally:
-        await store.close()
 
 
 # --- compactions racing ----------------------------------------------------------------
