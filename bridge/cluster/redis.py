@@ -1,26 +1,47 @@
 """The bus on Redis pub/sub (redis-py's asyncio client).
 
-One channel per document (``automerge-bridge:doc:<id>``; Redis does not
-scope pub/sub channels by database number, so two deployments on one Redis
-need different prefixes: ``?channel_prefix=...`` in the URL). A bridge
-subscribes to the channels of the documents it has loaded.
+One channel per document: ``<prefix><doc id>``, the prefix being
+``automerge-bridge:doc:`` unless told otherwise. Redis does not scope pub/sub
+channels by database number, so the prefix is what keeps two deployments on
+one Redis apart: ``redis://host:6379/0?channel_prefix=staging:``.
 
-Fire and forget, on purpose: ``publish`` queues and returns; a sender task
-pipelines what queued. While disconnected, or when the queue is full (a
-broker that cannot keep up), payloads are dropped, the *newest* first: the
-bus is an optimisation, and a receiver heals from the store on the gap the
-drop leaves (:mod:`bridge.cluster.node`), so holding memory for a broker that
-is down would buy nothing. After every (re)connection the handler hears
-``bus_connected()`` and heals everything it follows.
+The bus is an optimisation (:mod:`bridge.cluster.node` heals from the store),
+so it is built to be fast and honest rather than reliable:
+
+- ``publish`` queues and returns; a sender task pipelines what queued, many
+  PUBLISHes per round trip. Nothing is kept for a broker that is down: while
+  disconnected a payload is dropped at once. When the queue is over its
+  bounds (a broker that cannot keep up) the *oldest* payloads go: a receiver
+  notices a gap only when a later message of the document arrives, so the
+  newest ones are the ones worth sending (they reveal the gap, and presence
+  is latest-state anyway).
+- One connection session at a time: connect, subscribe every followed
+  channel, confirm with a PING (Redis answers in order, so its PONG means
+  every SUBSCRIBE before it took effect), then ``connected`` and
+  ``handler.bus_connected()``. Any trouble ends the session; ``run`` backs
+  off with jitter and starts a new one. redis-py's own retries are off:
+  they would reconnect and resubscribe behind our back, and the handler
+  would never hear that messages may have been lost.
+- A killed server closes the socket, which the reader sees at once. A
+  server that vanished silently (a cable, a frozen VM) is noticed by the
+  reader pinging over the subscription whenever it has been quiet, and
+  giving up after ``dead_after`` seconds without a word. (redis-py's
+  ``health_check_interval`` does not do this for pub/sub: it sends a PING
+  but never notices a missing PONG.) Socket timeouts bound every other
+  read, so a stuck PUBLISH fails the session too.
 """
 
 from __future__ import annotations
 
-import logging
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from collections import deque
+from types import SimpleNamespace
+from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from tenacity import wait_exponential_jitter
 
@@ -30,200 +51,319 @@ from . import BusHandler
 log = get_logger(__name__)
 
 MiB = 1024 * 1024
-_IDLE = b"\x00idle"
+DEFAULT_PREFIX = "automerge-bridge:doc:"
 
-
-def redact(url: str) -> str:
-    """The URL without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+SOCKET_TIMEOUT = 5.0  # connect, and any read or write that is not the subscription's wait
+CHECK_TIMEOUT = 2.0  # check(): a readiness probe answers fast or not at all
+SUBSCRIBE_BATCH = 1000  # channels per SUBSCRIBE / UNSUBSCRIBE command
+PUBLISH_BATCH = 1000  # PUBLISHes per pipeline round trip...
+PUBLISH_BATCH_BYTES = 4 * MiB  # ...and payload bytes (a larger payload goes alone)
+STEADY = 10.0  # connected this long: the next outage backs off from the start again
 
 
 class RedisBus:
+    """:class:`~bridge.cluster.Bus` on Redis pub/sub. Counters for health and
+    metrics: ``published`` (acknowledged by Redis), ``received`` (handed to
+    the handler), ``dropped`` (never sent, or lost in flight), ``reconnects``
+    (connections after the first), and ``connected``."""
+
     def __init__(
         self,
         url: str,
         *,
-        channel_prefix: str = "automerge-bridge:doc:",
+        channel_prefix: str = DEFAULT_PREFIX,
         max_queued: int = 10_000,
         max_queued_bytes: int = 64 * MiB,
+        dead_after: float = 5.0,
     ) -> None:
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        for key, value in query:
-            if key == "channel_prefix":
-                channel_prefix = value
-        self._url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "channel_prefix"])))
-        self.prefix = channel_prefix.encode()
-        self.max_queued, self.max_queued_bytes = max_queued, max_queued_bytes
+        self._url, url_prefix = _split_prefix(url)
+        self.channel_prefix = channel_prefix if url_prefix is None else url_prefix
+        self._prefix = self.channel_prefix.encode()
+        self.max_queued = max(1, max_queued)
+        self.max_queued_bytes = max_queued_bytes
+        self.dead_after = dead_after
         self.connected = False
-        self._was_connected = False
+        self.published = self.received = self.dropped = self.reconnects = 0
+        self._ever_connected = False
+        self._connected_at: float | None = None
         self._followed: set[str] = set()
-        self._subscription_changed = anyio.Event()
-        self._queue: list[tuple[bytes, bytes]] = []
+        self._following_changed = anyio.Event()
+        self._queue: deque[tuple[bytes, bytes]] = deque()
         self._queued_bytes = 0
         self._queue_filled = anyio.Event()
-        self.published = self.received = self.dropped = self.reconnects = 0
 
     def __repr__(self) -> str:
-        return f"RedisBus({redact(self._url)!r})"
-
-    def _client(self) -> aioredis.Redis:
-        # Keepalive and a health check: a server that vanished without closing
-        # the socket is noticed within seconds, not at the next publish.
-        return aioredis.Redis.from_url(
-            self._url, decode_responses=False, socket_connect_timeout=5, socket_keepalive=True,
-            health_check_interval=5, retry_on_timeout=False,
-        )
+        return f"RedisBus({redact_url(self._url)!r}, channel_prefix={self.channel_prefix!r})"
 
     def snapshot(self) -> dict:
-        return {"connected": self.connected, "followed": len(self._followed), "published": self.published,
-                "received": self.received, "dropped": self.dropped, "reconnects": self.reconnects}
+        return {
+            "connected": self.connected, "followed": len(self._followed), "queued": len(self._queue),
+            "published": self.published, "received": self.received, "dropped": self.dropped,
+            "reconnects": self.reconnects,
+        }
 
-    # --- synchronous side, called from the bridge ------------------------------------
+    # --- the bridge's side: synchronous, never blocks ----------------------------------
 
     def follow(self, doc_id: str) -> None:
         self._followed.add(doc_id)
-        self._subscription_changed.set()
+        self._following_changed.set()
 
     def unfollow(self, doc_id: str) -> None:
         self._followed.discard(doc_id)
-        self._subscription_changed.set()
+        self._following_changed.set()
 
     def publish(self, doc_id: str, payload: bytes) -> None:
-        if not self.connected or len(self._queue) >= self.max_queued \
-                or self._queued_bytes + len(payload) > self.max_queued_bytes:
-            self.dropped += 1
+        size = len(payload)
+        if not self.connected or size > self.max_queued_bytes:
+            self.dropped += 1  # no broker to hold it for, or it can never fit
             return
-        self._queue.append((self.prefix + doc_id.encode(), payload))
-        self._queued_bytes += len(payload)
+        # Over the bounds: the oldest go (see the module's docstring for why).
+        while self._queue and (len(self._queue) >= self.max_queued
+                               or self._queued_bytes + size > self.max_queued_bytes):
+            _, old = self._queue.popleft()
+            self._queued_bytes -= len(old)
+            self.dropped += 1
+        self._queue.append((self._channel(doc_id), payload))
+        self._queued_bytes += size
         self._queue_filled.set()
 
     async def check(self) -> None:
-        client = self._client()
+        # A connection of its own: the answer must be about now, not about a
+        # session that has not noticed yet that it is dead.
+        client = self._client(timeout=CHECK_TIMEOUT)
         try:
-            with anyio.fail_after(2):
+            with anyio.fail_after(CHECK_TIMEOUT):
                 await client.ping()
         finally:
-            await client.aclose()
+            await _close(client)
 
     # --- the connection ------------------------------------------------------------
 
     async def run(self, handler: BusHandler, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        wait = wait_exponential_jitter(multiplier=0.1, max=5, jitter=0.1)
-        failures = 0
-        while True:
-            self._was_connected = False
-            try:
-                await self._session(handler)
-            except Exception as exc:
-                trouble = _connection_trouble(exc)
-                if trouble is None:
-                    raise
-                if failures == 0 or self._was_connected:  # once per outage, not per retry
-                    log.warning("bus %s lost (%s); serving on, reconnecting, healing from the store meanwhile",
-                                redact(self._url), trouble)
-            finally:
-                self.connected = False
-                self._drop_queue()
-            failures = 1 if self._was_connected else failures + 1
-
-            class _Attempt:  # what tenacity's wait strategies read
-                attempt_number = failures
-
-            await anyio.sleep(wait(_Attempt()))  # type: ignore[arg-type]
+        task_status.started()  # at once: a bridge serves its own peers while the bus is down
+        backoff = wait_exponential_jitter(multiplier=0.1, max=5, jitter=0.5)
+        attempt, outage_logged = 0, False
+        try:
+            while True:
+                self._connected_at = None
+                problem: BaseException = RedisConnectionError("the session ended")
+                try:
+                    await self._session(handler)
+                except Exception as exc:
+                    problem = exc
+                self._disconnected()
+                if self._connected_at is not None:  # a session was up: a new outage starts
+                    outage_logged = False
+                    if anyio.current_time() - self._connected_at >= STEADY:
+                        attempt = 0  # a flapping connection keeps backing off
+                attempt += 1
+                self._log_trouble(problem, first=not outage_logged)
+                outage_logged = True
+                await anyio.sleep(backoff(SimpleNamespace(attempt_number=attempt)))  # type: ignore[arg-type]
+        finally:
+            self._disconnected()
 
     async def _session(self, handler: BusHandler) -> None:
+        """Connect, subscribe, then read until something goes wrong (raises)."""
         client = self._client()
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = client.pubsub()
         try:
-            await client.ping()
-            # redis-py reads only while subscribed to something: a channel
-            # nobody publishes to keeps the connection in pub/sub mode.
-            await pubsub.subscribe(self.prefix + _IDLE)
+            await pubsub.connect()
             subscribed: set[str] = set()
-            await self._resubscribe(pubsub, subscribed)
-            self.connected = self._was_connected = True
-            if self.reconnects:
-                log.info("bus %s connected again, following %d documents", redact(self._url), len(subscribed))
-            self.reconnects += 1
-            handler.bus_connected()
+            await self._sync_subscriptions(pubsub, subscribed)
+            await self._confirm(pubsub, handler)
+            await client.ping()  # the publishing side works too
+            self.connected = True
+            self._connected_at = anyio.current_time()
+            if self._ever_connected:
+                self.reconnects += 1
+                log.info("bus %s: connected again, following %d documents", redact_url(self._url), len(subscribed))
+            else:
+                log.info("bus %s: connected, following %d documents", redact_url(self._url), len(subscribed))
+            self._ever_connected = True
+            try:
+                handler.bus_connected()
+            except Exception:
+                log.exception("bus: the handler failed on connecting")
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._sender, client)
                 tg.start_soon(self._subscriber, pubsub, subscribed)
                 await self._reader(pubsub, handler)
         finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await pubsub.aclose()
-                finally:
-                    await client.aclose()
+            self.connected = False
+            await _close(pubsub, client)
 
-    async def _resubscribe(self, pubsub, subscribed: set[str]) -> None:
-        """Bring ``subscribed`` to the followed set, in batches."""
+    def _client(self, timeout: float = SOCKET_TIMEOUT) -> aioredis.Redis:
+        options: dict = dict(
+            decode_responses=False,  # payloads are bytes and must arrive byte-identical
+            socket_connect_timeout=timeout, socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),  # run() retries, and tells the handler
+        )
+        if not self._url.lower().startswith("unix:"):
+            options["socket_keepalive"] = True  # the publishing connection idles between bursts
+        return aioredis.Redis.from_url(self._url, **options)
+
+    def _channel(self, doc_id: str) -> bytes:
+        return self._prefix + doc_id.encode()
+
+    def _disconnected(self) -> None:
+        self.connected = False
+        self.dropped += len(self._queue)
+        self._queue.clear()
+        self._queued_bytes = 0
+
+    def _log_trouble(self, problem: BaseException, *, first: bool) -> None:
+        trouble = _connection_trouble(problem)
+        if trouble is None:  # a bug, not the network: say so every time, with its traceback
+            log.error("bus %s: the session failed; reconnecting", redact_url(self._url), exc_info=problem)
+        elif first:  # once per outage, not once per retry
+            verb = "lost the connection" if self._ever_connected else "cannot connect"
+            log.warning("bus %s: %s (%s); retrying with backoff, healing from the store meanwhile",
+                        redact_url(self._url), verb, trouble)
+        else:
+            log.debug("bus %s: still down (%s)", redact_url(self._url), trouble)
+
+    # --- the session's tasks ---------------------------------------------------------
+
+    async def _sync_subscriptions(self, pubsub, subscribed: set[str]) -> None:
+        """Bring ``subscribed`` to the followed set, many channels per command."""
         wanted = set(self._followed)
-        new, gone = wanted - subscribed, subscribed - wanted
-        for batch in _batches([self.prefix + d.encode() for d in new]):
+        for batch in _batches([self._channel(d) for d in wanted - subscribed]):
             await pubsub.subscribe(*batch)
-        for batch in _batches([self.prefix + d.encode() for d in gone]):
+        for batch in _batches([self._channel(d) for d in subscribed - wanted]):
             await pubsub.unsubscribe(*batch)
         subscribed.clear()
         subscribed.update(wanted)
 
     async def _subscriber(self, pubsub, subscribed: set[str]) -> None:
         while True:
-            await self._subscription_changed.wait()
-            self._subscription_changed = anyio.Event()
-            await self._resubscribe(pubsub, subscribed)
+            await self._following_changed.wait()
+            self._following_changed = anyio.Event()  # follow() meanwhile sets the new one
+            await self._sync_subscriptions(pubsub, subscribed)
+
+    async def _confirm(self, pubsub, handler: BusHandler) -> None:
+        """Wait for the PONG that follows every SUBSCRIBE sent so far."""
+        await pubsub.ping()
+        with anyio.fail_after(self.dead_after):
+            while True:
+                message = await pubsub.get_message(timeout=self.dead_after)
+                if message is not None and message["type"] == "pong":
+                    return
+                if message is not None:
+                    self._deliver(handler, message)  # published after our SUBSCRIBE: as good as later ones
 
     async def _reader(self, pubsub, handler: BusHandler) -> None:
-        prefix = self.prefix
+        ping_every = self.dead_after / 4
+        heard = anyio.current_time()
         while True:
-            message = await pubsub.get_message(timeout=1.0)
-            if message is None or message.get("type") != "message":
-                continue
-            channel = message["channel"]
-            if not channel.startswith(prefix):
-                continue
-            self.received += 1
-            try:
-                handler.bus_message(channel[len(prefix):].decode(), message["data"])
-            except Exception:
-                log.exception("bus: handling a message failed")
+            if not pubsub.connection.is_connected:
+                # redis-py would reconnect and resubscribe silently on the next read.
+                raise RedisConnectionError("the subscription's connection closed")
+            message = await pubsub.get_message(timeout=ping_every)
+            if message is not None:
+                heard = anyio.current_time()
+                self._deliver(handler, message)
+            elif anyio.current_time() - heard > self.dead_after:
+                raise TimeoutError(f"no word from Redis for {self.dead_after:g} s")
+            else:
+                await pubsub.ping()  # quiet: ask for a sign of life
+
+    def _deliver(self, handler: BusHandler, message: dict) -> None:
+        if message["type"] != "message":
+            return  # subscribe confirmations, PONGs: signs of life only
+        doc_id = message["channel"][len(self._prefix):].decode()
+        if doc_id not in self._followed:
+            return  # unfollowed, its UNSUBSCRIBE not applied yet
+        self.received += 1
+        try:
+            handler.bus_message(doc_id, message["data"])
+        except Exception:
+            log.exception("bus: the handler failed on a message for document %s", doc_id)
 
     async def _sender(self, client: aioredis.Redis) -> None:
         while True:
             await self._queue_filled.wait()
-            self._queue_filled = anyio.Event()
+            self._queue_filled = anyio.Event()  # publish() meanwhile sets the new one
             while self._queue:
-                batch, self._queue = self._queue[:500], self._queue[500:]
-                self._queued_bytes -= sum(len(payload) for _, payload in batch)
-                async with client.pipeline(transaction=False) as pipe:
-                    for channel, payload in batch:
-                        pipe.publish(channel, payload)
-                    await pipe.execute()
+                batch = self._take_batch()
+                try:
+                    async with client.pipeline(transaction=False) as pipe:
+                        for channel, payload in batch:
+                            pipe.publish(channel, payload)
+                        await pipe.execute()
+                except BaseException:
+                    self.dropped += len(batch)  # sent or not: nobody can tell
+                    raise
                 self.published += len(batch)
 
-    def _drop_queue(self) -> None:
-        self.dropped += len(self._queue)
-        self._queue, self._queued_bytes = [], 0
+    def _take_batch(self) -> list[tuple[bytes, bytes]]:
+        batch: list[tuple[bytes, bytes]] = []
+        size = 0
+        while self._queue and len(batch) < PUBLISH_BATCH and (not batch or size + len(self._queue[0][1]) <= PUBLISH_BATCH_BYTES):
+            channel, payload = self._queue.popleft()
+            self._queued_bytes -= len(payload)
+            size += len(payload)
+            batch.append((channel, payload))
+        return batch
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _split_prefix(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``channel_prefix`` query parameter (redis-py does
+    not know it), and that parameter's value if there was one. The rest of
+    the URL is left exactly as written."""
+    base, question, rest = url.partition("?")
+    if not question:
+        return url, None
+    query, hash_, fragment = rest.partition("#")
+    prefix, kept = None, []
+    for item in query.split("&"):
+        pairs = parse_qsl(item, keep_blank_values=True)
+        if pairs and pairs[0][0] == "channel_prefix":
+            prefix = pairs[0][1]
+        elif item:
+            kept.append(item)
+    url = base + ("?" + "&".join(kept) if kept else "") + hash_ + fragment
+    return url, prefix
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (in the user info or a ``password=`` parameter)."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        url = url.replace(f"//{parts.netloc}", f"//{user}:***@{host}", 1)
+    base, question, rest = url.partition("?")
+    if question:
+        query, hash_, fragment = rest.partition("#")
+        items = ["password=***" if item.lower().startswith("password=") else item for item in query.split("&")]
+        url = base + "?" + "&".join(items) + hash_ + fragment
+    return url
 
 
 def _connection_trouble(exc: BaseException) -> str | None:
     """What went wrong, if ``exc`` (or every exception in a group) is the
-    connection's trouble; None for anything else (a bug: let it raise)."""
-    if isinstance(exc, (RedisError, OSError, TimeoutError)):
-        return str(exc) or type(exc).__name__
+    connection's trouble; None for anything else (a bug)."""
     if isinstance(exc, BaseExceptionGroup):
         inner = [_connection_trouble(e) for e in exc.exceptions]
         return None if any(t is None for t in inner) else inner[0]
+    if isinstance(exc, (RedisError, OSError)):  # OSError: TimeoutError too
+        return str(exc) or type(exc).__name__
     return None
 
 
-def _batches(items: list[bytes], size: int = 1000) -> list[list[bytes]]:
+async def _close(*resources) -> None:
+    """Close connections even while cancelled; redis-py bounds each close."""
+    with anyio.CancelScope(shield=True):
+        for resource in resources:
+            try:
+                await resource.aclose()
+            except Exception as exc:
+                log.debug("bus: closing a connection failed: %s", exc)
+
+
+def _batches(items: list[bytes], size: int = SUBSCRIBE_BATCH) -> list[list[bytes]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
