@@ -16,11 +16,11 @@ import time
 import traceback
 from pathlib import Path
 
-from . import catchup, durable, guard, limits, manydocs, profile, servers, throughput, typing_live, wire
+from . import catchup, cluster, durable, guard, limits, manydocs, profile, servers, throughput, typing_live, wire
 from .machine import Load
 from .report import Table, render, write_json
 
-SCENARIOS = ["throughput", "durable", "catchup", "typing", "manydocs", "wire", "guard", "limits"]
+SCENARIOS = ["throughput", "durable", "catchup", "typing", "manydocs", "wire", "guard", "limits", "cluster"]
 
 
 def _run(name: str, quick: bool, profile_dir: Path | None) -> Table:
@@ -38,6 +38,8 @@ def _run(name: str, quick: bool, profile_dir: Path | None) -> Table:
         return guard.run(quick)
     if name == "limits":
         return limits.run(quick)
+    if name == "cluster":
+        return cluster.run(quick)
     return wire.run(quick)
 
 

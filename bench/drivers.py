@@ -40,8 +40,11 @@ def _pump(index: int, process: subprocess.Popen, events: queue.Queue) -> None:
     events.put((index, {"event": "exit"}))
 
 
-def run_nodes(script: str, args_each: list[dict], *, sample_pid: int | None = None, timeout: float = 120.0) -> list[dict]:
-    """Run one driver per entry of ``args_each`` together; return their results in order."""
+def run_nodes(script: str, args_each: list[dict], *, sample_pid: int | None = None, sample_tree: bool = False,
+              timeout: float = 120.0) -> list[dict]:
+    """Run one driver per entry of ``args_each`` together; return their results
+    in order. ``sample_pid`` (with its children when ``sample_tree``) is the
+    server whose CPU and memory are sampled over the measured window."""
     processes = [subprocess.Popen(_command(script, args), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                   cwd=BENCH) for args in args_each]
     events: queue.Queue = queue.Queue()
@@ -65,7 +68,7 @@ def run_nodes(script: str, args_each: list[dict], *, sample_pid: int | None = No
                 readied.add(i)
                 if len(readied) == n:
                     if sample_pid is not None:
-                        sampler = Sampler(sample_pid).__enter__()
+                        sampler = Sampler(sample_pid, tree=sample_tree).__enter__()
                     for process in processes:
                         process.stdin.write("go\n")
                         process.stdin.flush()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import psutil
-
 from . import servers
 from .drivers import run_nodes
 from .report import Table, median, percentile, ratio
@@ -17,12 +15,16 @@ from .report import Table, median, percentile, ratio
 REPLICAS = 3
 
 
-def _run(server: servers.Server, docs: int, conns: int, seconds: float, procs: int) -> dict:
-    idle = psutil.Process(server.pid).memory_info().rss / 2**20
+def _run(server: servers.Server, docs: int, conns: int, seconds: float, procs: int, rate: float = 1,
+         tree: bool = False) -> dict:
+    """``tree``: the server is a supervisor; its workers' CPU and memory count."""
+    with servers.Sampler(server.pid, tree=tree) as idle_sample:
+        pass
+    idle = idle_sample.usage.rss_mb_end
     common = {"target": server.kind, "url": server.ws_url, "docs": docs, "replicas": REPLICAS, "conns": conns,
-              "seconds": seconds, "rate": 1, "settle": 5, "procs": procs}
+              "seconds": seconds, "rate": rate, "settle": 5, "procs": procs}
     parts = run_nodes("manydocs.mjs", [{**common, "proc": k} for k in range(procs)], sample_pid=server.pid,
-                      timeout=seconds + 400)
+                      sample_tree=tree, timeout=seconds + 400)
     window = max(p["window_s"] for p in parts)
     edits = sum(p["edits"] for p in parts)
     latencies = [x for p in parts for x in p["latencies"]]

@@ -132,6 +132,15 @@ def repo_server(directory: Path | None = None) -> Iterator[Server]:
             _stop(process)
 
 
+def _each(processes: list[psutil.Process], read) -> list:
+    """``read(p)`` for each process still there (one may exit between listing and reading)."""
+    values = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            values.append(read(process))
+    return values
+
+
 @dataclass
 class Usage:
     cpu_percent: float = 0.0  # of one core, averaged over the window
@@ -141,22 +150,27 @@ class Usage:
 
 
 class Sampler:
-    """Samples one process's RSS every ``interval`` s on a thread; CPU is the
-    cpu_times delta over the window (user + system)."""
+    """Samples a process's RSS every ``interval`` s on a thread; CPU is the
+    cpu_times delta over the window (user + system). With ``tree``, its
+    children count too: ``serve --workers N`` is a supervisor whose workers
+    do the serving."""
 
-    def __init__(self, pid: int, interval: float = 0.25) -> None:
+    def __init__(self, pid: int, interval: float = 0.25, tree: bool = False) -> None:
         self.process = psutil.Process(pid)
+        self.tree = tree
         self.interval = interval
         self.usage = Usage()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _tree(self) -> list[psutil.Process]:
+        return [self.process, *(self.process.children(recursive=True) if self.tree else ())]
+
     def _cpu(self) -> float:
-        times = self.process.cpu_times()
-        return times.user + times.system
+        return sum(t.user + t.system for t in _each(self._tree(), psutil.Process.cpu_times))
 
     def _rss(self) -> float:
-        return self.process.memory_info().rss / 2**20
+        return sum(m.rss for m in _each(self._tree(), psutil.Process.memory_info)) / 2**20
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

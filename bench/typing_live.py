@@ -23,13 +23,22 @@ RATE = 6  # characters per second per client
 P99_BUDGET_MS = 100.0
 
 
-def _node_run(server: servers.Server, n: int, seconds: float, procs: int) -> dict:
-    doc = f"typing-{n}" if server.kind == "bridge" else node_json("create_doc.mjs", server.ws_url)["url"]
+def _node_run(server: servers.Server, n: int, seconds: float, procs: int, *, urls: list[str] | None = None,
+              tree: bool = False, doc: str | None = None) -> dict:
+    """``urls``: driver process k connects its clients to ``urls[k]`` (bridges
+    of one cluster) instead of ``server``; ``tree``: the server is a
+    supervisor, its workers' CPU counts. ``doc``: a new document's id (the
+    drivers expect an empty one)."""
+    if server.kind == "bridge":
+        doc = doc or f"typing-{n}"
+    else:
+        doc = node_json("create_doc.mjs", server.ws_url)["url"]
     procs = min(procs, n)
-    common = {"target": server.kind, "url": server.ws_url, "doc": doc, "clients": n, "seconds": seconds,
-              "rate": RATE, "settle": 5, "procs": procs}
-    parts = run_nodes("typing.mjs", [{**common, "proc": k} for k in range(procs)], sample_pid=server.pid,
-                      timeout=seconds + 240)
+    urls = urls or [server.ws_url] * procs
+    common = {"target": server.kind, "doc": doc, "clients": n, "seconds": seconds, "rate": RATE, "settle": 5,
+              "procs": procs}
+    parts = run_nodes("typing.mjs", [{**common, "proc": k, "url": urls[k]} for k in range(procs)],
+                      sample_pid=server.pid, sample_tree=tree, timeout=seconds + 240)
     lat, edits, undelivered = _join(parts, n)
     typed_s = max(p["typed_s"] for p in parts)
     cpu_seconds = parts[0]["server"]["cpu_percent"] / 100 * typed_s
