@@ -22,7 +22,7 @@ from typing import Any, Callable, NoReturn, Sequence
 import anyio
 
 from .config import Limits, knobs
-from .logs import redact_tokens_everywhere
+from .logs import LOG_FORMATS, configure_logging, logging_config, redact_tokens_everywhere
 from .core.chunks import Bounds
 
 PROG = "automerge-bridge"
@@ -116,6 +116,13 @@ def _log_level(text: str) -> str:
     return value
 
 
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(text)
+    return value
+
+
 # argparse names the expected kind in its error message from the function's name.
 _port.__name__ = "port number (0-65535)"
 _positive_int.__name__ = "positive integer"
@@ -124,6 +131,7 @@ _non_negative_float.__name__ = "number >= 0"
 _on_off.__name__ = "on or off"
 _duration.__name__ = "duration (3600, 90s, 15m, 1h, 7d)"
 _log_level.__name__ = f"log level ({', '.join(LOG_LEVELS)})"
+_log_format.__name__ = f"log format ({', '.join(LOG_FORMATS)})"
 
 
 @dataclass(frozen=True)
@@ -216,6 +224,9 @@ SERVE_OPTIONS = (
            "comma-separated proxy addresses trusted to set X-Forwarded-For (the client address the "
            "per-address limits count); * trusts every sender", "IPS"),
     Option("--log-level", _log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
+    Option("--log-format", _log_format, "text", "text (for people) or json (one object per line, for machines); "
+           "the bridge's and uvicorn's lines alike", "text|json"),
+    Option("--log-probes", _on_off, False, "access-log /healthz, /readyz and /metrics too", "on|off"),
     *AUTH_OPTIONS,
     *LIMIT_OPTIONS,
     *BOUND_OPTIONS,
@@ -410,7 +421,7 @@ def run_serve(args: argparse.Namespace, fail: Callable[[str], NoReturn], argv: S
     # Imported here so that --help and --version stay quick.
     import uvicorn
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format, log_probes=args.log_probes)
     if args.workers > 1:
         _check_cluster(args, fail)
         _probe_store(_store_url(args, fail), fail)
@@ -468,6 +479,8 @@ def _uvicorn_settings(args: argparse.Namespace, *, picklable: bool = False) -> d
         options["http"] = "bridge.server.deadlines:HeaderDeadlineHTTP"
     return {
         "host": args.host, "port": args.port, "log_level": args.log_level,
+        # One format for uvicorn's lines and ours, in every worker process.
+        "log_config": logging_config(args.log_level, args.log_format, log_probes=args.log_probes),
         "forwarded_allow_ips": args.forwarded_allow_ips, **options,
     }
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 
-from .logs import get_logger
+from .logs import doc_extra, get_logger
 import time
 from typing import Iterable, Protocol
 
@@ -361,7 +361,7 @@ class Hub:
             try:
                 stored = await self.store.load(doc_id)
             except Exception as exc:
-                log.exception("document %s: reading it from the store failed", doc_id)
+                log.exception("document %s: reading it from the store failed", doc_id, extra=doc_extra(doc_id))
                 raise DocUnavailable(doc_id) from exc
             if stored is None:
                 if not create:
@@ -393,13 +393,14 @@ class Hub:
             result = load_stored(stored.snapshots, [data for _, data in rows], self.bounds, [h for h, _ in rows])
         except Unloadable as exc:
             self.unavailable[doc_id] = str(exc)
-            log.error("document %s: stored state does not load, refusing to serve it: %s", doc_id, exc)
+            log.error("document %s: stored state does not load, refusing to serve it: %s", doc_id, exc,
+                extra=doc_extra(doc_id))
             raise DocUnavailable(doc_id) from None
         self.unavailable.pop(doc_id, None)
         if result.skipped:
             log.error(
                 "document %s loaded DEGRADED, %d stored records left out (kept in the store, never compacted): %s",
-                doc_id, len(result.skipped), "; ".join(result.skipped[:5]),
+                doc_id, len(result.skipped), "; ".join(result.skipped[:5]), extra=doc_extra(doc_id),
             )
         # Only rows the document holds may be retired by its next snapshot.
         held = [h for h, _ in stored.changes if result.index is None or h in result.index.hashes]
@@ -418,7 +419,7 @@ class Hub:
             await task(live, *args)
         except Exception as exc:
             live.compaction_problem = f"{task.__name__} failed: {type(exc).__name__}: {exc}"[:300]
-            log.exception("document %s: %s failed", live.doc_id, task.__name__)
+            log.exception("document %s: %s failed", live.doc_id, task.__name__, extra=doc_extra(live.doc_id))
 
     async def _unload_when_idle(self, live: LiveDoc, scope: anyio.CancelScope) -> None:
         with scope:
@@ -478,7 +479,7 @@ class Hub:
                 why = f"heads {[h.hex()[:12] for h in reloaded]} != {[h.hex()[:12] for h in heads]}"
             if reloaded != heads:
                 live.compaction_problem = f"snapshot does not load back ({why}); change rows kept"
-                log.error("document %s: %s", live.doc_id, live.compaction_problem)
+                log.error("document %s: %s", live.doc_id, live.compaction_problem, extra=doc_extra(live.doc_id))
                 return
             live.compaction_problem = None
             live.changes_since_snapshot = 0
@@ -489,7 +490,8 @@ class Hub:
                     # Another bridge sharing the store compacted meanwhile:
                     # nothing was written; catch up, then compact again.
                     live.changes_since_snapshot += len(covered)
-                    log.info("document %s: compaction skipped, another bridge compacted it first", live.doc_id)
+                    log.info("document %s: compaction skipped, another bridge compacted it first", live.doc_id,
+                        extra=doc_extra(live.doc_id))
                     self.replicator.stale(live)
                 else:
                     live.store_gen = result.gen
@@ -545,12 +547,13 @@ class Hub:
         try:
             _, planned = self._apply_checked(live, data)
         except ValueError as exc:
-            log.warning("document %s: changes committed by another bridge not applied: %s", live.doc_id, exc)
+            log.warning("document %s: changes committed by another bridge not applied: %s", live.doc_id, exc,
+                extra=doc_extra(live.doc_id))
             return False
         if planned.rejected:
             change, reason = planned.rejected[0]
             log.error("document %s: refused change %s that another bridge committed: %s (are the bridges' "
-                      "limits the same?)", live.doc_id, change.hash.hex()[:12], reason)
+                      "limits the same?)", live.doc_id, change.hash.hex()[:12], reason, extra=doc_extra(live.doc_id))
         if live.doc.get_heads() != before:
             live.note_committed_elsewhere(live.doc.get_changes(before))
             heads = live.durable_heads
@@ -599,7 +602,8 @@ class Hub:
 
     async def _recover(self, live: LiveDoc, cause: str) -> None:
         assert live.recovering is not None
-        log.error("document %s: the core failed (%s); reloading it from the store", live.doc_id, cause)
+        log.error("document %s: the core failed (%s); reloading it from the store", live.doc_id, cause,
+            extra=doc_extra(live.doc_id))
         self.recoveries += 1
         try:
             stored = await self.store.load(live.doc_id) or StoredDoc()
@@ -610,7 +614,8 @@ class Hub:
             for subscriber in list(live.subscribers):
                 subscriber.doc_reloaded(live.doc_id)
         except Exception:
-            log.exception("document %s: reload after a core failure failed; unloading it", live.doc_id)
+            log.exception("document %s: reload after a core failure failed; unloading it", live.doc_id,
+                extra=doc_extra(live.doc_id))
             if self._docs.get(live.doc_id) is live:
                 del self._docs[live.doc_id]
                 self.replicator.unloaded(live)

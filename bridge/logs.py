@@ -17,9 +17,14 @@ not fill the disk either.
 
 from __future__ import annotations
 
+import json
 import logging
+import logging.config
 import re
 import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from .core.ratelimit import KeyedBuckets
 
@@ -103,3 +108,159 @@ def redact_tokens_everywhere() -> None:
         for handler in logging.getLogger(name).handlers:
             if _REDACT not in handler.filters:
                 handler.addFilter(_REDACT)
+
+
+# --- one format for every line: the bridge's and uvicorn's --------------------------
+
+# Who a line is about. The WebSocket endpoint binds one per connection (its
+# task and every task it starts see it); the session inside fills in the peer
+# name and identity as the handshake learns them, so the fields are read
+# when the line is written, not when the connection was bound.
+_connection: ContextVar["ConnectionContext | None"] = ContextVar("bridge_log_connection", default=None)
+
+FIELDS = ("session", "peer", "identity", "client", "doc")
+
+
+@dataclass
+class ConnectionContext:
+    client: str | None = None
+    # The PeerSession (anything with session_id, peer and principal).
+    session: object | None = None
+
+    def fields(self) -> dict[str, str]:
+        found = {"client": self.client}
+        if self.session is not None:
+            found["session"] = getattr(self.session, "session_id", None)
+            peer = getattr(self.session, "peer", None)
+            found["peer"] = peer if peer != "?" else None  # "?": before its hello
+            principal = getattr(self.session, "principal", None)
+            found["identity"] = getattr(principal, "identity", None)
+        return {k: v for k, v in found.items() if v}
+
+
+def bind_connection(client: str | None) -> ConnectionContext:
+    """Lines logged from now on in this task (and tasks it starts) carry
+    ``client``, and the session once :attr:`ConnectionContext.session` is set."""
+    context = ConnectionContext(client=client)
+    _connection.set(context)
+    return context
+
+
+def doc_extra(doc_id: str | None) -> dict:
+    """``extra=`` for a line about one document: its own field in JSON."""
+    return {"doc": doc_id}
+
+
+class ConnectionFields(logging.Filter):
+    """Puts the connection's fields on every record (a field the call gave in
+    ``extra`` wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = _connection.get()
+        found = context.fields() if context is not None else {}
+        for name in FIELDS:
+            if getattr(record, name, None) is None:
+                setattr(record, name, found.get(name))
+        return True
+
+
+class QuietProbes(logging.Filter):
+    """Keeps health checks and scrapes out of the access log: a load
+    balancer's probe every few seconds would drown the lines that matter."""
+
+    PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn's access record: (client, method, path with query, http version, status)
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            return args[2].split("?", 1)[0] not in self.PATHS
+        return True
+
+
+def _access_fields(record: logging.LogRecord) -> dict:
+    args = record.args
+    if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+        client, method, path, _version, status = args
+        return {"client": client, "method": method, "path": path, "status": status}
+    return {}
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message [session=... peer=... ...]``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = [f"{name}={value}" for name in FIELDS if (value := getattr(record, name, None))]
+        if not fields:
+            return line
+        head, newline, traceback = line.partition("\n")
+        return f"{head} [{' '.join(fields)}]{newline}{traceback}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, the connection's
+    fields, an access line's method/path/status, and exc (a traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if value:
+                entry[name] = value
+        entry.update(_access_fields(record))
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def logging_config(level: str = "info", fmt: str = "text", *, log_probes: bool = False) -> dict:
+    """A ``logging.config.dictConfig`` for the bridge and uvicorn alike (hand
+    it to uvicorn as ``log_config``: each ``--workers`` process applies it).
+    Every line goes to stderr through one handler that strips tokens and
+    adds the connection's fields; ``log_probes`` keeps /healthz, /readyz and
+    /metrics in the access log."""
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {fmt!r}")
+    level = 5 if level.lower() == "trace" else level.upper()  # uvicorn's TRACE, registered or not
+    access_filters = ["redact", "connection"] + ([] if log_probes else ["quiet_probes"])
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"line": {"()": f"{__name__}.{'JsonFormatter' if fmt == 'json' else 'TextFormatter'}"}},
+        "filters": {
+            "redact": {"()": f"{__name__}.RedactTokens"},
+            "connection": {"()": f"{__name__}.ConnectionFields"},
+            "quiet_probes": {"()": f"{__name__}.QuietProbes"},
+        },
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "line",
+                       "filters": ["redact", "connection"]},
+            "access": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "line",
+                       "filters": access_filters},
+        },
+        "root": {"handlers": ["stderr"], "level": level},
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
+            "uvicorn.error": {"level": level},  # propagates to "uvicorn"
+            "uvicorn.access": {"handlers": ["access"], "level": level, "propagate": False},
+        },
+    }
+
+
+def configure_logging(level: str = "info", fmt: str = "text", *, log_probes: bool = False) -> dict:
+    """Apply :func:`logging_config` in this process; returns it (for uvicorn)."""
+    config = logging_config(level, fmt, log_probes=log_probes)
+    logging.config.dictConfig(config)
+    return config

@@ -36,7 +36,7 @@ import anyio
 import msgspec
 
 from ..hub import Hub, LiveDoc
-from ..logs import get_logger
+from ..logs import doc_extra, get_logger
 from ..storage import Committed, Store, StoredDoc
 from . import Bus
 from .tracker import SeqTracker
@@ -150,7 +150,8 @@ class ClusterNode:
             try:
                 await self.heal(live.doc_id)
             except Exception as exc:
-                log.warning("document %s: catching up from the store failed: %s", live.doc_id, exc)
+                log.warning("document %s: catching up from the store failed: %s", live.doc_id, exc,
+                    extra=doc_extra(live.doc_id))
 
     def unloaded(self, live: LiveDoc) -> None:
         self._trackers.pop(live.doc_id, None)
@@ -185,7 +186,8 @@ class ClusterNode:
             message = _decoder.decode(payload)
         except msgspec.DecodeError:
             self.refused += 1
-            log.warning("document %s: a bus message that does not decode (%d bytes), ignored", doc_id, len(payload))
+            log.warning("document %s: a bus message that does not decode (%d bytes), ignored", doc_id, len(payload),
+                extra=doc_extra(doc_id))
             return
         if message.node == self.node_id:
             return  # our own, echoed back
@@ -245,7 +247,8 @@ class ClusterNode:
                 try:
                     await self.heal(doc_id)
                 except Exception as exc:
-                    log.warning("document %s: reading it back from the store failed (%s); will retry", doc_id, exc)
+                    log.warning("document %s: reading it back from the store failed (%s); will retry", doc_id, exc,
+                        extra=doc_extra(doc_id))
                     await anyio.sleep(min(self.heal_interval, 1.0))
                     self._to_heal.add(doc_id)
 
@@ -300,7 +303,7 @@ class ClusterNode:
                 live.store_gen = stored.gen
         else:
             log.error("document %s: the stored document does not merge into this bridge's copy; "
-                      "retrying at the next period", doc_id)
+                      "retrying at the next period", doc_id, extra=doc_extra(doc_id))
         if tracker.has_gap:  # commits after our read, whose messages are still missing
             self._heal_later(doc_id, self.gap_grace)
 

@@ -33,7 +33,7 @@ from ..core.chunks import Bounds
 from ..core.ratelimit import ClientLedger
 from ..errors import CloseCode
 from ..hub import Hub
-from ..logs import get_logger
+from ..logs import bind_connection, get_logger
 from ..storage import Store, open_store
 
 if TYPE_CHECKING:
@@ -156,6 +156,7 @@ def create_app(
     async def sync_endpoint(websocket: WebSocket) -> None:
         hub: Hub = app.state.hub
         address = websocket.client.host if websocket.client else "?"
+        log_context = bind_connection(address)  # every line about this connection names it
         ticket = admission.admit(address)
         if isinstance(ticket, Refusal):
             log.warning("refused a connection from %s: %s", address, ticket.reason)
@@ -176,6 +177,7 @@ def create_app(
                 identity_verified=authenticate is not None, ledger=ledger, reader_presence=reader_presence,
             )
             session.on_welcome = ticket.welcomed
+            log_context.session = session
             pump = SocketPump(websocket, session, hub, limits=limits, authenticate=authenticate)
             await pump.serve()
         finally:

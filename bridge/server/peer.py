@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import logging
 
-from ..logs import get_logger
+from ..logs import doc_extra, get_logger
 import secrets
 import time
 from collections import deque
@@ -672,7 +672,7 @@ class PeerSession:
         try:
             changes = sync.receive(message.data, read_only=self._access[message.doc] == READ)
         except BadSyncMessage as exc:
-            log.warning("peer %s doc %s: %s", self.peer, message.doc, exc)
+            log.warning("peer %s doc %s: %s", self.peer, message.doc, exc, extra=doc_extra(message.doc))
             code = ErrorCode.READ_ONLY if exc.read_only else ErrorCode.QUOTA if exc.full else ErrorCode.BAD_SYNC
             self._error(code, str(exc), message.doc)
             # The valid part (if any) is accepted, and accept() answers it.
@@ -686,7 +686,8 @@ class PeerSession:
             # document goes back to its durable (plus accepted) state and
             # every peer resyncs; this peer hears that its message was bad,
             # and its next frames wait for the reload.
-            log.warning("peer %s doc %s: the core failed on its message: %s", self.peer, message.doc, exc)
+            log.warning("peer %s doc %s: the core failed on its message: %s", self.peer, message.doc, exc,
+                extra=doc_extra(message.doc))
             self._error(ErrorCode.BAD_SYNC, "the sync message could not be applied", message.doc)
             self.hub.damaged(live, exc)
             if live.recovering is not None:
@@ -748,7 +749,7 @@ class PeerSession:
         self.outbox.push(m.encode(message))
 
     def _error(self, code: str, text: str, doc: str | None = None, request_id: int | None = None) -> None:
-        log.info("peer %s: error %s (%s) doc=%s id=%s", self.peer, code, text, doc, request_id)
+        log.info("peer %s: error %s (%s) doc=%s id=%s", self.peer, code, text, doc, request_id, extra=doc_extra(doc))
         self._send(m.Error(code=code, msg=text, doc=doc, id=request_id))
 
     def sync_frames(self, doc_id: str) -> list[bytes]:
@@ -765,7 +766,8 @@ class PeerSession:
         except CoreFailure as exc:
             # What this peer told us (its have/need) made the core fail:
             # forget it and start this peer's sync over.
-            log.warning("peer %s doc %s: generating a sync message failed: %s", self.peer, doc_id, exc)
+            log.warning("peer %s doc %s: generating a sync message failed: %s", self.peer, doc_id, exc,
+                extra=doc_extra(doc_id))
             sync.reset()
             self._error(ErrorCode.BAD_SYNC, "your sync state could not be served; starting over", doc_id)
             self.hub.damaged(live, exc)
