@@ -101,7 +101,7 @@ def _flush(deployment: Deployment, rounds: int) -> dict:
 
 
 def run(quick: bool) -> Table:
-    docs, conns, rate = (100, 6, 2) if quick else (1000, 30, 3)
+    docs, conns, rate = (100, 6, 2) if quick else (1000, 30, 1)
     seconds = 3.0 if quick else 15.0
     typing_seconds = 3.0 if quick else 10.0
     rounds = 40 if quick else 200

@@ -10,6 +10,7 @@ database) ends in one line on stderr and exit status 2, before uvicorn starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ DESCRIPTION = (
     "document, and serves the demo page and the browser client at /."
 )
 SERVE_DESCRIPTION = (
-    "Run the bridge: WebSocket sync at /sync, GET /healthz, HTTP routes under /docs/, "
+    "Run the bridge: WebSocket sync at /sync, GET /healthz, Prometheus GET /metrics, HTTP routes under /docs/, "
     "the demo page at / and the browser client at /client.js."
 )
 ENV_EPILOG = (
@@ -109,6 +110,15 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _listen_address(text: str) -> tuple[str | None, int]:
+    """``PORT`` or ``HOST:PORT`` (``[::1]:9100`` for IPv6); host None: --host's."""
+    host, sep, port = text.strip().rpartition(":")
+    number = _port(port)
+    if sep and not host.strip("[]"):
+        raise ValueError(text)
+    return (host.strip("[]") if sep else None), number
+
+
 def _log_level(text: str) -> str:
     value = text.strip().lower()
     if value not in LOG_LEVELS:
@@ -130,6 +140,7 @@ _positive_float.__name__ = "positive number"
 _non_negative_float.__name__ = "number >= 0"
 _on_off.__name__ = "on or off"
 _duration.__name__ = "duration (3600, 90s, 15m, 1h, 7d)"
+_listen_address.__name__ = "port number or HOST:PORT"
 _log_level.__name__ = f"log level ({', '.join(LOG_LEVELS)})"
 _log_format.__name__ = f"log format ({', '.join(LOG_FORMATS)})"
 
@@ -218,6 +229,11 @@ SERVE_OPTIONS = (
            "--store and a --bus)", "N"),
     Option("--heal-interval", _positive_float, 2.0, "with --bus: seconds between two looks at the store for "
            "commits the bus did not bring", "SECONDS"),
+    Option("--ssl-certfile", str, None, "serve HTTPS and WSS with this PEM certificate (chain); usually TLS "
+           "ends at a proxy instead (docs/operations.md)", "FILE"),
+    Option("--ssl-keyfile", str, None, "the private key of --ssl-certfile", "FILE"),
+    Option("--shutdown-grace", _positive_float, 10.0, "on SIGTERM or SIGINT: seconds to commit what peers sent and "
+           "close them with 1001 before exiting", "SECONDS"),
     Option("--idle-unload-after", _non_negative_float, 30.0,
            "seconds after its last peer left before a document is compacted and unloaded", "SECONDS"),
     Option("--forwarded-allow-ips", str, "127.0.0.1",
@@ -227,6 +243,9 @@ SERVE_OPTIONS = (
     Option("--log-format", _log_format, "text", "text (for people) or json (one object per line, for machines); "
            "the bridge's and uvicorn's lines alike", "text|json"),
     Option("--log-probes", _on_off, False, "access-log /healthz, /readyz and /metrics too", "on|off"),
+    Option("--metrics-port", _listen_address, None, "serve Prometheus /metrics on this port instead of the main "
+           "one (HOST:PORT: on that interface, else --host's); under --workers, summed over every worker",
+           "[HOST:]PORT"),
     *AUTH_OPTIONS,
     *LIMIT_OPTIONS,
     *BOUND_OPTIONS,
@@ -422,6 +441,7 @@ def run_serve(args: argparse.Namespace, fail: Callable[[str], NoReturn], argv: S
     import uvicorn
 
     configure_logging(args.log_level, args.log_format, log_probes=args.log_probes)
+    _check_tls(args, fail)
     if args.workers > 1:
         _check_cluster(args, fail)
         _probe_store(_store_url(args, fail), fail)
@@ -434,7 +454,17 @@ def run_serve(args: argparse.Namespace, fail: Callable[[str], NoReturn], argv: S
             "bridge.cli:worker_app", factory=True, workers=args.workers, **_uvicorn_settings(args, picklable=True),
         )
         sock = config.bind_socket()
-        Multiprocess(config, sockets=[sock]).run()
+        from .server.metrics import for_workers
+
+        # prometheus-client's multiprocess mode: the workers inherit the
+        # directory; /metrics on any of them (or on --metrics-port, served
+        # here) sums them all (docs/metrics.md).
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(for_workers(_metrics_address(args)))
+            except OSError as exc:
+                fail(str(exc))
+            Multiprocess(config, sockets=[sock]).run()
         return
     app, _ = _build_app(args, fail)
     config = uvicorn.Config(app, **_uvicorn_settings(args))
@@ -442,6 +472,20 @@ def run_serve(args: argparse.Namespace, fail: Callable[[str], NoReturn], argv: S
     # (its access log prints ?token= query strings as they came).
     redact_tokens_everywhere()
     uvicorn.Server(config).run()
+
+
+def _check_tls(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> None:
+    """A certificate that cannot be used ends in one line, before serving."""
+    if not args.ssl_certfile and not args.ssl_keyfile:
+        return
+    if not (args.ssl_certfile and args.ssl_keyfile):
+        fail("--ssl-certfile and --ssl-keyfile go together")
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(args.ssl_certfile, args.ssl_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        fail(f"cannot serve TLS with {args.ssl_certfile} and {args.ssl_keyfile}: {exc}")
 
 
 # The command line a `serve --workers N` parent hands to its worker processes.
@@ -481,7 +525,10 @@ def _uvicorn_settings(args: argparse.Namespace, *, picklable: bool = False) -> d
         "host": args.host, "port": args.port, "log_level": args.log_level,
         # One format for uvicorn's lines and ours, in every worker process.
         "log_config": logging_config(args.log_level, args.log_format, log_probes=args.log_probes),
-        "forwarded_allow_ips": args.forwarded_allow_ips, **options,
+        "forwarded_allow_ips": args.forwarded_allow_ips,
+        "ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile,
+        # Bounds uvicorn's own phase, after ours (the app's go-away, bounded by --shutdown-grace).
+        "timeout_graceful_shutdown": args.shutdown_grace, **options,
     }
 
 
@@ -576,10 +623,29 @@ def _build_app(args: argparse.Namespace, fail: Callable[[str], NoReturn]):
     try:
         app = create_app(store, limits=limits, bounds=bounds, idle_unload_after=args.idle_unload_after,
                          authenticate=authenticate, reader_presence=args.reader_presence, bus=args.bus,
-                         heal_interval=args.heal_interval)
+                         heal_interval=args.heal_interval, shutdown_grace=args.shutdown_grace, handle_signals=True,
+                         **_metrics_options(args))
     except ValueError as exc:
         fail(str(exc))
     return app, limits
+
+
+def _metrics_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    if args.metrics_port is None:
+        return None
+    host, port = args.metrics_port
+    return host or args.host, port
+
+
+def _metrics_options(args: argparse.Namespace) -> dict:
+    """create_app's metrics options. Under --workers a separate port is the
+    supervisor's (run_serve): a worker serves /metrics on neither port."""
+    address = _metrics_address(args)
+    if address is None:
+        return {}
+    if args.workers > 1:
+        return {"metrics_route": False}
+    return {"metrics_host": address[0], "metrics_port": address[1]}
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ Errors are the shared tree of :mod:`bridge.errors`: an ``error`` frame
 raises the :class:`~bridge.errors.DocError` subclass for its code
 (``Forbidden``, ``BadDocId``, ``FlushTimeout``...); a flush not durable in
 time raises :class:`~bridge.errors.FlushTimeout`; the client gives up for good
-(no more reconnects) on an HTTP error answering the WebSocket upgrade
-(:class:`~bridge.errors.ConnectionRejected`) and on the fatal close codes
+(no more reconnects) on a final HTTP error answering the WebSocket upgrade
+(:class:`~bridge.errors.ConnectionRejected`: 3xx and 4xx but 408 and 429;
+a 5xx is retried with backoff) and on the fatal close codes
 4400, 4401, 4403 and 1009 (:class:`~bridge.errors.ConnectionClosed`). 1001 and
 4409 reconnect at once (with jitter), 4429 after the delay in the close
 reason (seconds), anything else with backoff.
@@ -823,7 +824,11 @@ class BridgeClient:
             if isinstance(exc, _GiveUp):
                 raise exc from None
             if isinstance(exc, WebSocketUpgradeError):
-                raise _GiveUp(ConnectionRejected(exc.response.status_code)) from None
+                status = exc.response.status_code
+                if ConnectionRejected.is_final(status):
+                    raise _GiveUp(ConnectionRejected(status)) from None
+                log.info("%s: the server answered the upgrade with HTTP %d: retrying with backoff", self.peer, status)
+                return established, None, ""
             if isinstance(exc, WebSocketDisconnect):
                 reason = self._scrub(exc.reason or "")
                 if exc.code == CloseCode.UNAUTHORIZED and callable(self.token) and not self._unauthorized_retry:

@@ -156,14 +156,22 @@ class FlushTimeout(DocError, TimeoutError):
 
 
 class ConnectionRejected(BridgeError):
-    """The server answered the WebSocket upgrade with an HTTP error (wrong
-    path, 403, 404...): fatal, retrying would get the same answer."""
+    """The server answered the WebSocket upgrade with a final HTTP error
+    (wrong path, 403, 404...): retrying would get the same answer."""
 
     code = "rejected"
 
     def __init__(self, status: int, message: str = "") -> None:
         super().__init__(message or f"the server refused the WebSocket upgrade with HTTP {status}")
         self.status = status
+
+    @staticmethod
+    def is_final(status: int) -> bool:
+        """Every 3xx and 4xx answer to the upgrade is final, except 408 and
+        429 (come back later); a 5xx is a server or proxy in trouble (a
+        restart, a deploy: uvicorn answers 500 to an upgrade while it shuts
+        down, a proxy 502): retried. The JS client has the same rule."""
+        return 300 <= status < 500 and status not in (408, 429)
 
 
 class ConnectionClosed(BridgeError):

@@ -44,7 +44,8 @@ from .core.loading import Unloadable, load_stored
 from .core.validate import ChangeIndex, plan
 from .core.sync import DocSync
 from .core.ratelimit import KeyedBuckets
-from .errors import QuotaExceeded
+from .errors import ErrorCode, QuotaExceeded
+from .metrics import Metrics, uncounted
 from .storage import AppendChanges, Committed, Compact, Store, StoredDoc
 from .storage.batcher import GroupCommit
 
@@ -262,14 +263,16 @@ class Hub:
         bounds: Bounds | None = None,
         docs_created_per_hour: int | None = None,
         replicator: Replicator | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or uncounted()
         self.replicator: Replicator = replicator or Standalone()
         self.idle_unload_after = idle_unload_after
         self.compact_after = compact_after
         self.create_on_open = create_on_open
         self.bounds = bounds or Bounds()
-        self.writer = GroupCommit(store)
+        self.writer = GroupCommit(store, metrics=self.metrics)
         self._docs: dict[str, LiveDoc] = {}
         self._loading: dict[str, anyio.Event] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -357,6 +360,7 @@ class Hub:
                 break
             await self._loading[doc_id].wait()
         loaded = self._loading[doc_id] = anyio.Event()
+        started = time.perf_counter()
         try:
             try:
                 stored = await self.store.load(doc_id)
@@ -372,6 +376,7 @@ class Hub:
                 live = self._load(doc_id, stored, [])
             self._docs[doc_id] = live
             self.replicator.loaded(live)
+            self.metrics.load_seconds.observe(time.perf_counter() - started)
             return live
         finally:
             del self._loading[doc_id]
@@ -446,6 +451,7 @@ class Hub:
         hashes = [change.hash for change in changes]
         heads = live.doc.get_heads()
         live.note_accepted(changes)
+        self.metrics.changes_accepted.inc(len(changes))
         rows = [(c.hash, c.bytes) for c in changes]
 
         def on_durable(result: Committed) -> None:
@@ -526,8 +532,14 @@ class Hub:
         and accepted all the same).
         """
         before = live.doc.get_heads()
-        incoming, planned = self._apply_checked(live, data)
+        try:
+            incoming, planned = self._apply_checked(live, data)
+        except ValueError:
+            self.metrics.rejected[ErrorCode.BAD_SYNC].inc()
+            raise
         self.change_locally(live, before, None)
+        if planned.rejected or planned.waiting:
+            self.metrics.rejected[ErrorCode.QUOTA if planned.rejected and planned.full else ErrorCode.BAD_SYNC].inc()
         if planned.rejected:
             change, reason = planned.rejected[0]
             if planned.full:

@@ -52,11 +52,13 @@ class FakeBridge:
         on_open: Callable[[ServerConnection, str], bool] | None = None,
         answer_flush: bool = True,
         reject_status: int | None = None,
+        rejections: int | None = None,
     ) -> None:
         self.after_welcome = after_welcome or (lambda n, ws: None)
         self.on_open = on_open or (lambda ws, doc_id: False)
         self.answer_flush = answer_flush
         self.reject_status = reject_status
+        self.rejections = rejections  # how many upgrades to reject (None: all)
         self.connections = 0
         self.handshakes = 0
         self.rejected = 0  # upgrades answered with reject_status
@@ -69,7 +71,7 @@ class FakeBridge:
         return self.docs.setdefault(doc_id, core.Document())
 
     def _process_request(self, connection: ServerConnection, request) -> Response | None:
-        if self.reject_status is None:
+        if self.reject_status is None or (self.rejections is not None and self.rejected >= self.rejections):
             return None
         self.rejected += 1
         return Response(self.reject_status, "Rejected", Headers([("Content-Length", "0")]), b"")
@@ -284,6 +286,18 @@ async def test_http_404_on_the_upgrade_is_fatal_without_retries():
             assert info.value.status == 404 and info.value.code == "rejected"
             await nothing_happens_for(0.3)
     assert (fake.rejected, fake.connections) == (1, 0)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+async def test_a_server_or_proxy_in_trouble_on_the_upgrade_is_retried(status):
+    """uvicorn answers 500 to an upgrade while it shuts down, a proxy 502 or
+    503 while the bridge restarts: come back with backoff, as the JS client does."""
+    fake = FakeBridge(reject_status=status, rejections=3)
+    with fake.running() as url:
+        async with BridgeClient(url, backoff_initial=0.01, backoff_max=0.05) as client:
+            await client.wait_online(timeout=10)
+            assert client.failure is None and client.connections == 1
+    assert fake.rejected == 3
 
 
 @pytest.mark.parametrize("code", [4400, 4401, 4403, 1009])

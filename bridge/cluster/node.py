@@ -128,10 +128,13 @@ class ClusterNode:
 
     def health(self) -> dict:
         behind = sum(1 for t in self._trackers.values() if t.has_gap)
+        # How far behind the bus this bridge is: the oldest gap still open.
+        gaps = [t.gap_since for t in self._trackers.values() if t.gap_since is not None]
+        oldest = round(time.monotonic() - min(gaps), 3) if gaps else 0.0
         return {
             "node": self.node_id, "bus_connected": self.bus.connected, "followed_docs": len(self._trackers),
-            "docs_with_gaps": behind, "heals": self.heals, "healed_changes": self.healed_changes,
-            "applied": self.applied, "refused": self.refused,
+            "docs_with_gaps": behind, "oldest_gap_seconds": oldest, "heals": self.heals,
+            "healed_changes": self.healed_changes, "applied": self.applied, "refused": self.refused,
         }
 
     # --- the hub's side (Replicator) ------------------------------------------------

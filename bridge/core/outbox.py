@@ -32,6 +32,7 @@ class Outbox:
         self._latest: dict[object, bytes] = {}
         self._dirty: dict[str, None] = {}
         self._wake = anyio.Event()
+        self._emptied = anyio.Event()
         self.overflowed = False
         self.queued_bytes = 0  # control plus latest frames waiting
 
@@ -72,6 +73,14 @@ class Outbox:
     def idle(self) -> bool:
         return not (self._control or self._latest or self._dirty)
 
+    async def wait_idle(self) -> None:
+        """Until everything queued has been handed to ``send`` (by a running
+        :meth:`pump`; the last frame may still be in its ``send``)."""
+        while not self.idle:
+            if self._emptied.is_set():
+                self._emptied = anyio.Event()
+            await self._emptied.wait()
+
     async def pump(
         self,
         send: Callable[[bytes], Awaitable[None]],
@@ -100,3 +109,4 @@ class Outbox:
                     frame = self._latest.pop(next(iter(self._latest)))
                     self.queued_bytes -= len(frame)
                     await send(frame)
+            self._emptied.set()

@@ -29,16 +29,18 @@ RETRY_SECONDS = 5
 class Refusal:
     reason: str
     retry_after: int = RETRY_SECONDS
+    bound: str = "total"  # which one: "total", "per_address" or "unauthenticated"
 
 
 class Ticket:
     """One admitted connection."""
 
-    __slots__ = ("_admission", "address", "_welcomed", "_released")
+    __slots__ = ("_admission", "address", "dialect", "_welcomed", "_released")
 
-    def __init__(self, admission: "Admission", address: str) -> None:
+    def __init__(self, admission: "Admission", address: str, dialect: str) -> None:
         self._admission = admission
         self.address = address
+        self.dialect = dialect
         self._welcomed = False
         self._released = False
 
@@ -47,6 +49,8 @@ class Ticket:
         if not self._welcomed and not self._released:
             self._welcomed = True
             self._admission._unauthenticated -= 1
+            self._admission.by_dialect[(self.dialect, "handshake")] -= 1
+            self._admission.by_dialect[(self.dialect, "open")] += 1
 
     def release(self) -> None:
         if self._released:
@@ -55,6 +59,7 @@ class Ticket:
         admission = self._admission
         if not self._welcomed:
             admission._unauthenticated -= 1
+        admission.by_dialect[(self.dialect, "open" if self._welcomed else "handshake")] -= 1
         admission._total -= 1
         admission._per_address[self.address] -= 1
         if not admission._per_address[self.address]:
@@ -70,8 +75,10 @@ class Admission:
         self._unauthenticated = 0
         self._per_address: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()  # by bound, for health and metrics
+        # (dialect, "handshake" | "open") -> connections held, for metrics
+        self.by_dialect: Counter[tuple[str, str]] = Counter()
 
-    def admit(self, address: str) -> Ticket | Refusal:
+    def admit(self, address: str, dialect: str = "native") -> Ticket | Refusal:
         if self.max_total is not None and self._total >= self.max_total:
             return self._refuse("total", f"the server holds its maximum of {self.max_total} connections")
         if self.max_per_address is not None and self._per_address[address] >= self.max_per_address:
@@ -81,11 +88,12 @@ class Admission:
         self._total += 1
         self._unauthenticated += 1
         self._per_address[address] += 1
-        return Ticket(self, address)
+        self.by_dialect[(dialect, "handshake")] += 1
+        return Ticket(self, address, dialect)
 
     def _refuse(self, bound: str, reason: str) -> Refusal:
         self.refused[bound] += 1
-        return Refusal(reason)
+        return Refusal(reason, bound=bound)
 
     def snapshot(self) -> dict:
         return {

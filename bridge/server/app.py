@@ -34,14 +34,17 @@ from ..core.ratelimit import ClientLedger
 from ..errors import CloseCode
 from ..hub import Hub
 from ..logs import bind_connection, get_logger
+from ..metrics import Metrics
 from ..storage import Store, open_store
 
 if TYPE_CHECKING:
     from ..cluster import Bus
 from .admission import Admission, Refusal
 from .deadlines import header_timeout_protocol
+from . import metrics as metrics_http
 from .http import doc_routes, error
 from .peer import PeerSession
+from .shutdown import Shutdown
 from .ws import SocketPump
 
 log = get_logger(__name__)
@@ -78,6 +81,11 @@ def create_app(
     reader_presence: bool = True,
     bus: "Bus | str | None" = None,
     heal_interval: float = 2.0,
+    shutdown_grace: float = 10.0,
+    handle_signals: bool = False,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+    metrics_route: bool = True,
 ) -> Starlette:
     """Build the bridge.
 
@@ -92,6 +100,18 @@ def create_app(
     joins this bridge to the others that share its store, which must then
     be a shared one (PostgreSQL): see docs/cluster.md. ``heal_interval``:
     seconds between two looks at the store for commits the bus did not bring.
+
+    ``handle_signals``: on SIGTERM or SIGINT, commit what peers sent and
+    close them with 1001 (within ``shutdown_grace`` seconds) before the
+    server's own shutdown (:mod:`bridge.server.shutdown`); ``serve`` turns
+    it on. Embedded, ``await app.state.shutdown.go_away(app.state.hub)``
+    does the same from your own shutdown path.
+
+    Prometheus metrics (docs/metrics.md) are at ``/metrics``, or with
+    ``metrics_port`` on that port of ``metrics_host`` instead (served while
+    the app runs). ``metrics_route=False``: nowhere, because something else
+    serves them (``serve --workers``' supervisor, or your app, from
+    ``app.state.metrics.registry``).
     """
     if store is None:
         store = f"sqlite:///{Path(data_dir) / 'bridge.sqlite3'}"
@@ -111,6 +131,9 @@ def create_app(
     limits = limits or Limits()
     server_peer = f"bridge-{secrets.token_hex(4)}"
     admission = Admission(limits)
+    metrics = Metrics()  # a registry per app: two apps in one process do not collide
+    metrics.watch(admission=admission, node=node)
+    shutdown = Shutdown(grace=shutdown_grace, send_timeout=limits.send_timeout)
     ledger = ClientLedger.from_limits(limits)  # shared by every session: kept across reconnects
 
     @contextlib.asynccontextmanager
@@ -126,7 +149,9 @@ def create_app(
             bounds=bounds,
             docs_created_per_hour=limits.docs_created_per_hour,
             replicator=node,
+            metrics=metrics,
         )
+        metrics.watch(hub=hub)
         from .resources import FdMonitor
 
         # Out of file descriptors: one clear warning (not asyncio's traceback
@@ -137,12 +162,16 @@ def create_app(
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(hub.run)
+                if handle_signals:
+                    await tg.start(shutdown.watch_signals, hub)
                 if node is not None:
                     await tg.start(node.run, hub)
                 tg.start_soon(fd_monitor.watch)
                 app.state.hub = parent.state.hub = hub
                 try:
-                    yield
+                    async with metrics_http.running(metrics, metrics_port, metrics_host,
+                                                    http=header_timeout_protocol(limits.header_timeout)):
+                        yield
                 finally:
                     # Bounded: a store that is down must not hang shutdown.
                     # What is not committed was never acknowledged.
@@ -157,9 +186,16 @@ def create_app(
         hub: Hub = app.state.hub
         address = websocket.client.host if websocket.client else "?"
         log_context = bind_connection(address)  # every line about this connection names it
+        if shutdown.going_away:
+            await websocket.accept()
+            await websocket.close(CloseCode.GOING_AWAY, "server shutting down; reconnect")
+            metrics.dialect(PeerSession.DIALECT).closed(CloseCode.GOING_AWAY)
+            return
         ticket = admission.admit(address)
         if isinstance(ticket, Refusal):
             log.warning("refused a connection from %s: %s", address, ticket.reason)
+            metrics.rate_limited[ticket.bound].inc()
+            metrics.dialect(PeerSession.DIALECT).closed(CloseCode.RATE_LIMITED)
             await websocket.accept()
             await websocket.close(CloseCode.RATE_LIMITED, f"retry after {ticket.retry_after} s: {ticket.reason}"[:120])
             return
@@ -178,8 +214,12 @@ def create_app(
             )
             session.on_welcome = ticket.welcomed
             log_context.session = session
-            pump = SocketPump(websocket, session, hub, limits=limits, authenticate=authenticate)
-            await pump.serve()
+            pump = SocketPump(websocket, session, hub, limits=limits, authenticate=authenticate, metrics=session.metrics)
+            shutdown.pumps.add(pump)
+            try:
+                await pump.serve()
+            finally:
+                shutdown.pumps.discard(pump)
         finally:
             ticket.release()
 
@@ -218,6 +258,8 @@ def create_app(
                     await check()
             except Exception as exc:
                 problems.append(f"{name}: {type(exc).__name__}: {exc}"[:300] if str(exc) else f"{name}: {type(exc).__name__}")
+        if shutdown.going_away:
+            problems.append("shutting down")
         if hub.writer.failing:
             problems.append(f"store: commits failing: {hub.writer.failing}")
         body = {"ready": not problems, "problems": problems}
@@ -234,12 +276,16 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         *doc_routes(lambda: app.state.hub, limits, authenticate),
+        # Open even when auth is on: counts only, no document data (docs/metrics.md).
+        *([metrics_http.metrics_route(metrics)] if metrics_route and metrics_port is None else []),
     ]
     routes += _web_routes(Path(web_dir)) if web_dir else []
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.hub = NotStarted()
     app.state.limits = limits
     app.state.ledger = ledger
+    app.state.shutdown = shutdown
+    app.state.metrics = metrics
     return app
 
 

@@ -20,7 +20,8 @@ FlushTimedOut(wait)                WaitDurable(id, docs, heads, timeout): wait
 RecoveryFinished(wait)               (bounded) until the heads are durable, answer
 OutboxOverflowed()                   FlushDurable / FlushTimedOut
 Poll()                             WaitForRecovery(doc_id, done, retry): wait for
-Disconnected()                       a document's reload, answer RecoveryFinished
+GoingAway()                          a document's reload, answer RecoveryFinished
+Disconnected()
                                    Pause(seconds): read the next frame no sooner
 
 ``Authenticate``, ``Subscribe`` and ``WaitForRecovery`` *gate* the frame
@@ -161,13 +162,19 @@ class Poll:
 
 
 @dataclass(frozen=True, slots=True)
+class GoingAway:
+    """The server is shutting down. The pump has stopped reading, and what
+    the peer sent is committed and answered: close 1001 (reconnect)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Disconnected:
     """The connection is over (either side): let go of every document."""
 
 
 Event = Union[
     Connected, FrameReceived, TimerFired, Authenticated, DocOpened, DocOpenFailed,
-    FlushDurable, FlushTimedOut, RecoveryFinished, OutboxOverflowed, Poll, Disconnected,
+    FlushDurable, FlushTimedOut, RecoveryFinished, OutboxOverflowed, Poll, GoingAway, Disconnected,
 ]
 
 
@@ -282,6 +289,7 @@ class PeerSession:
     """Protocol v1 for one peer: handshake, documents, flushes, the outbox."""
 
     AWAITING_HELLO, AUTHENTICATING, OPEN, CLOSED = "awaiting_hello", "authenticating", "open", "closed"
+    DIALECT = "native"  # the `dialect` label of its metrics
 
     def __init__(
         self,
@@ -300,6 +308,7 @@ class PeerSession:
         self.hub = hub
         self.server_peer = server_peer
         self.limits = limits
+        self.metrics = hub.metrics.dialect(self.DIALECT)
         self.session_id = session_id or secrets.token_hex(8)
         self.peer = "?"  # the hello's peer name: used in logs and `eph` relays
         self.principal: Principal | None = None
@@ -417,6 +426,8 @@ class PeerSession:
                 self._on_sync(retry, effects)
         elif isinstance(event, OutboxOverflowed):
             self._close(CloseCode.TOO_SLOW, "too slow to keep up; reconnect and resync", effects)
+        elif isinstance(event, GoingAway):
+            self._close(CloseCode.GOING_AWAY, "server shutting down; reconnect", effects)
         elif isinstance(event, Connected):
             effects.append(StartTimer(HANDSHAKE, self.limits.handshake_timeout))
         elif isinstance(event, Disconnected):
@@ -440,6 +451,7 @@ class PeerSession:
             if bucket is not None and not bucket.take(cost, now):
                 retry = bucket.refill_seconds
                 self.ledger.block(self.client_key, retry, now)
+                self.metrics.rate_limited[unit].inc()
                 self._close(CloseCode.RATE_LIMITED, f"retry after {retry} s: over {_per_second(bucket.rate, unit)}", effects)
                 return False
         return True
@@ -532,6 +544,7 @@ class PeerSession:
         # and the hello is their first frame.
         blocked = self.ledger.blocked_for(self.client_key, self.clock())
         if blocked:
+            self.metrics.rate_limited["reconnect"].inc()
             self._close(CloseCode.RATE_LIMITED, f"retry after {blocked} s: rate limited, and reconnected too soon", effects)
             return
         self._allowance = self.ledger.join(self.client_key, self.clock())
@@ -674,6 +687,7 @@ class PeerSession:
         except BadSyncMessage as exc:
             log.warning("peer %s doc %s: %s", self.peer, message.doc, exc, extra=doc_extra(message.doc))
             code = ErrorCode.READ_ONLY if exc.read_only else ErrorCode.QUOTA if exc.full else ErrorCode.BAD_SYNC
+            self.hub.metrics.rejected[code].inc()
             self._error(code, str(exc), message.doc)
             # The valid part (if any) is accepted, and accept() answers it.
             # Nothing more: an answer to a refusal would name the refused
@@ -688,6 +702,7 @@ class PeerSession:
             # and its next frames wait for the reload.
             log.warning("peer %s doc %s: the core failed on its message: %s", self.peer, message.doc, exc,
                 extra=doc_extra(message.doc))
+            self.hub.metrics.rejected[ErrorCode.BAD_SYNC].inc()
             self._error(ErrorCode.BAD_SYNC, "the sync message could not be applied", message.doc)
             self.hub.damaged(live, exc)
             if live.recovering is not None:
@@ -750,6 +765,7 @@ class PeerSession:
 
     def _error(self, code: str, text: str, doc: str | None = None, request_id: int | None = None) -> None:
         log.info("peer %s: error %s (%s) doc=%s id=%s", self.peer, code, text, doc, request_id, extra=doc_extra(doc))
+        self.metrics.error_sent(code)
         self._send(m.Error(code=code, msg=text, doc=doc, id=request_id))
 
     def sync_frames(self, doc_id: str) -> list[bytes]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 from ..logs import get_logger
 from typing import Callable, Protocol
@@ -47,6 +48,7 @@ from ..config import Limits
 from ..core.outbox import Outbox, OutboxOverflow
 from ..errors import CloseCode, ProtocolError, QuotaExceeded
 from ..hub import DocNotFound, DocUnavailable, Hub
+from ..metrics import PEER_CLOSED, DialectMetrics, uncounted
 from ..tasks import first_leaf
 from . import peer as p
 
@@ -80,10 +82,13 @@ class SocketPump:
         *,
         limits: Limits,
         authenticate: Authenticate | None = None,
+        metrics: DialectMetrics | None = None,
     ) -> None:
         self.ws = websocket
         self.session = session
         self.hub = hub
+        # What its frames and closes count on: the session's dialect.
+        self._m = metrics or uncounted().dialect("native")
         self.max_frame_bytes = limits.max_frame_bytes
         self.send_timeout = limits.send_timeout
         self.authenticate = authenticate
@@ -92,6 +97,7 @@ class SocketPump:
         self._poll = anyio.Event()
         self._send_lock = anyio.Lock()
         self._closing = False
+        self._reading = anyio.CancelScope()
 
     # --- entry point --------------------------------------------------------
 
@@ -116,6 +122,7 @@ class SocketPump:
 
     async def _close(self, outcome: BaseException | None) -> None:
         if isinstance(outcome, WebSocketDisconnect):
+            self._m.closed(PEER_CLOSED)
             return
         decided = self.session.closed_with
         if isinstance(outcome, ProtocolError):
@@ -127,6 +134,7 @@ class SocketPump:
             code, reason = decided.code, decided.reason
         else:
             code, reason = CloseCode.NORMAL, ""
+        self._m.closed(code)
         if code != CloseCode.NORMAL:
             log.warning("peer %s session %s: closing %d %s", self.session.peer, self.session.session_id, code, reason)
         try:
@@ -201,10 +209,15 @@ class SocketPump:
 
     async def _wait_durable(self, wait: p.WaitDurable) -> None:
         durable = False
+        started = time.perf_counter()
         with anyio.move_on_after(wait.timeout):
             for doc_id, heads in wait.heads.items():
                 await wait.docs[doc_id].wait_durable(heads)
             durable = True
+        if durable:
+            self.hub.metrics.flush_seconds.observe(time.perf_counter() - started)
+        else:
+            self.hub.metrics.flush_timeouts.inc()
         await self._feed(p.FlushDurable(wait) if durable else p.FlushTimedOut(wait))
 
     def _wake(self) -> None:
@@ -225,18 +238,38 @@ class SocketPump:
         data = message.get("bytes")
         if data is None:
             raise ProtocolError("text frames are not part of the protocol; send binary MessagePack")
+        self._m.frames_in.inc()
+        self._m.bytes_in.inc(len(data))
         if len(data) > self.max_frame_bytes:
             raise ProtocolError(f"frame of {len(data)} bytes exceeds {self.max_frame_bytes}", CloseCode.TOO_BIG)
         return data
 
     async def _reader(self) -> None:
-        while True:
-            await self._feed(p.FrameReceived(await self._receive_frame()))
-            # receive() returns at once while frames are queued: without this
-            # one connection's backlog would be handled back to back, and
-            # every other peer would wait for all of it. One frame, then
-            # everyone else's turn.
-            await anyio.lowlevel.checkpoint()
+        with self._reading:
+            while True:
+                await self._feed(p.FrameReceived(await self._receive_frame()))
+                # receive() returns at once while frames are queued: without this
+                # one connection's backlog would be handled back to back, and
+                # every other peer would wait for all of it. One frame, then
+                # everyone else's turn.
+                await anyio.lowlevel.checkpoint()
+
+    def stop_reading(self) -> None:
+        """Shutdown, first step: handle no frame from now on (one being
+        handled finishes; what it gave the hub will be committed)."""
+        self._reading.cancel()
+
+    async def go_away(self, timeout: float) -> None:
+        """Shutdown, last step, once group commit has drained: let what is
+        queued for the peer go out (its ``saved`` and ``flushed`` answers;
+        bounded, a peer may not read), then close 1001: come back soon."""
+        if self._closing:
+            return
+        with anyio.move_on_after(timeout):
+            await self.session.outbox.wait_idle()
+            async with self._send_lock:  # the frame being written goes out whole
+                pass
+        await self._feed(p.GoingAway())
 
     # --- writing ------------------------------------------------------------
 
@@ -247,6 +280,8 @@ class SocketPump:
             with anyio.fail_after(self.send_timeout):
                 async with self._send_lock:
                     await self.ws.send_bytes(frame)
+            self._m.frames_out.inc()
+            self._m.bytes_out.inc(len(frame))
         except OSError as exc:
             raise WebSocketDisconnect(1006) from exc
         except RuntimeError as exc:

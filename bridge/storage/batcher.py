@@ -26,6 +26,7 @@ from typing import Callable
 
 import anyio
 
+from ..metrics import Metrics, uncounted
 from . import Committed, Store, Write
 
 log = get_logger(__name__)
@@ -42,8 +43,10 @@ class GroupCommit:
         max_batch: int = 5000,
         retry_delay: float = 0.5,
         max_retry_delay: float = 5.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or uncounted()
         self.max_batch = max_batch
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
@@ -56,6 +59,11 @@ class GroupCommit:
         self.poisoned: list[tuple[Write, str]] = []  # writes set aside (most recent 100)
         self.failing: str | None = None  # why commits fail, while they do
         self.failing_since = 0.0
+
+    @property
+    def queued(self) -> int:
+        """Writes waiting for a commit (the one under way included)."""
+        return len(self._pending)
 
     def submit(self, write: Write, on_durable: OnDurable | None = None) -> None:
         self._pending.append((write, on_durable))
@@ -78,7 +86,7 @@ class GroupCommit:
                 continue
             batch = self._pending[: self.max_batch]
             try:
-                results = await self.store.commit([write for write, _ in batch])
+                results = await self._commit([write for write, _ in batch])
             except Exception as exc:
                 failures += 1
                 self._note_failure(exc, len(batch))
@@ -91,6 +99,17 @@ class GroupCommit:
             self.failing = None
             del self._pending[: len(batch)]
             self._done(batch, results)
+
+    async def _commit(self, writes: list[Write]) -> list[Committed]:
+        """One transaction, timed (a failed one is counted instead)."""
+        started = time.perf_counter()
+        try:
+            results = await self.store.commit(writes)
+        except Exception:
+            self.metrics.commit_failures.inc()
+            raise
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        return results
 
     def _note_failure(self, exc: Exception, size: int) -> None:
         if self.failing is None:
@@ -118,12 +137,13 @@ class GroupCommit:
                 self._done([item], [result])
             else:
                 log.error("write set aside, it fails alone while others commit: %r: %s", _describe(item[0]), exc)
+                self.metrics.writes_set_aside.inc()
                 self.poisoned = (self.poisoned + [(item[0], str(exc))])[-100:]
         return True
 
     async def _try_alone(self, write: Write) -> tuple[Exception | None, Committed]:
         try:
-            (result,) = await self.store.commit([write])
+            (result,) = await self._commit([write])
         except Exception as exc:
             return exc, Committed()
         return None, result
@@ -131,6 +151,7 @@ class GroupCommit:
     def _done(self, batch: list[tuple[Write, OnDurable | None]], results: list[Committed]) -> None:
         self.commits += 1
         self.writes += len(batch)
+        self.metrics.commit_batch.observe(len(batch))
         for (_, on_durable), result in zip(batch, results, strict=True):
             if on_durable is not None:
                 try:
