@@ -232,6 +232,11 @@ SERVE_OPTIONS = (
     Option("--ssl-certfile", str, None, "serve HTTPS and WSS with this PEM certificate (chain); usually TLS "
            "ends at a proxy instead (docs/operations.md)", "FILE"),
     Option("--ssl-keyfile", str, None, "the private key of --ssl-certfile", "FILE"),
+    Option("--webhook", str, None, "POST each commit (document id, heads, origin) to this http(s) URL, signed "
+           "with --webhook-secret; retried with backoff (docs/hooks.md)", "URL"),
+    Option("--webhook-secret", str, None, "HMAC-SHA256 key of the webhook's X-Bridge-Signature (prefer the "
+           "variable or --webhook-secret-file, a flag shows in ps)", "SECRET"),
+    Option("--webhook-secret-file", str, None, "read the webhook's HMAC key from this file", "FILE"),
     Option("--shutdown-grace", _positive_float, 10.0, "on SIGTERM or SIGINT: seconds to commit what peers sent and "
            "close them with 1001 before exiting", "SECONDS"),
     Option("--idle-unload-after", _non_negative_float, 30.0,
@@ -423,6 +428,24 @@ def _token_auth(args: argparse.Namespace, fail: Callable[[str], NoReturn]):
         return TokenAuth(secret=secret, require_exp=args.auth_require_exp, cookie=args.auth_cookie)
     except ValueError as exc:
         fail(str(exc))
+
+
+def _webhook(args: argparse.Namespace, fail: Callable[[str], NoReturn]):
+    """The Webhook the flags describe, or None."""
+    if not args.webhook:
+        if args.webhook_secret or args.webhook_secret_file:
+            fail("--webhook-secret needs --webhook URL")
+        return None
+    if not args.webhook.lower().startswith(("http://", "https://")):
+        fail(f"--webhook must be an http:// or https:// URL, not {args.webhook!r}")
+    if bool(args.webhook_secret) == bool(args.webhook_secret_file):
+        fail("--webhook needs one of --webhook-secret, --webhook-secret-file (its receiver checks the signature)")
+    secret = args.webhook_secret or _read_secret_file(args.webhook_secret_file, fail)
+    if len(secret) < 16:
+        fail("the webhook secret must be at least 16 characters")
+    from .webhook import Webhook
+
+    return Webhook(args.webhook, secret)
 
 
 def _loopback(host: str) -> bool:
@@ -624,6 +647,7 @@ def _build_app(args: argparse.Namespace, fail: Callable[[str], NoReturn]):
         app = create_app(store, limits=limits, bounds=bounds, idle_unload_after=args.idle_unload_after,
                          authenticate=authenticate, reader_presence=args.reader_presence, bus=args.bus,
                          heal_interval=args.heal_interval, shutdown_grace=args.shutdown_grace, handle_signals=True,
+                         webhook=_webhook(args, fail),
                          **_metrics_options(args))
     except ValueError as exc:
         fail(str(exc))

@@ -45,6 +45,7 @@ from .core.validate import ChangeIndex, plan
 from .core.sync import DocSync
 from .core.ratelimit import KeyedBuckets
 from .errors import ErrorCode, QuotaExceeded
+from .hooks import CommitFeed, CommitSubscription, origin_of
 from .metrics import Metrics, uncounted
 from .storage import AppendChanges, Committed, Compact, Store, StoredDoc
 from .storage.batcher import GroupCommit
@@ -273,6 +274,7 @@ class Hub:
         self.create_on_open = create_on_open
         self.bounds = bounds or Bounds()
         self.writer = GroupCommit(store, metrics=self.metrics)
+        self.commits = CommitFeed()  # application hooks: committed() and the webhook
         self._docs: dict[str, LiveDoc] = {}
         self._loading: dict[str, anyio.Event] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -514,6 +516,15 @@ class Hub:
         live.note_committed(hashes, heads)
         for subscriber in list(live.subscribers):
             subscriber.doc_saved(live.doc_id, heads, subscriber is origin)
+        if hashes:  # changes, not a compaction
+            self.commits.publish(live.doc_id, heads, origin_of(origin))
+
+    def committed(self, doc_ids: Iterable[str] | None = None, *, max_docs: int = 10_000) -> CommitSubscription:
+        """Commits this bridge makes from now on, as an async iterator of
+        :class:`~bridge.hooks.Commit` (and :class:`~bridge.hooks.Missed` for
+        a consumer that fell more than ``max_docs`` documents behind); see
+        :mod:`bridge.hooks` for the exact semantics."""
+        return self.commits.subscribe(doc_ids, max_docs)
 
     def change_locally(self, live: LiveDoc, heads_before: list[bytes], origin: Subscriber | None) -> list[bytes]:
         """Accept whatever was applied to the document since ``heads_before``."""
@@ -521,9 +532,10 @@ class Hub:
             self.accept(live, live.doc.get_changes(heads_before), origin)
         return live.doc.get_heads()
 
-    def merge_bytes(self, live: LiveDoc, data: bytes) -> list[bytes]:
+    def merge_bytes(self, live: LiveDoc, data: bytes, origin: Subscriber | None = None) -> list[bytes]:
         """Merge a saved document or change chunks, checked like a peer's sync
         message; return the hashes it carried (all now in the document).
+        ``origin``: the handle merging them (whose changes they are).
 
         Raises ``ValueError`` when ``data`` is not Automerge data, or when
         some of its changes are refused or lack dependencies, and
@@ -537,7 +549,7 @@ class Hub:
         except ValueError:
             self.metrics.rejected[ErrorCode.BAD_SYNC].inc()
             raise
-        self.change_locally(live, before, None)
+        self.change_locally(live, before, origin)
         if planned.rejected or planned.waiting:
             self.metrics.rejected[ErrorCode.QUOTA if planned.rejected and planned.full else ErrorCode.BAD_SYNC].inc()
         if planned.rejected:

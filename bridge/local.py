@@ -65,7 +65,7 @@ class LocalDoc:
         sync message; return the hashes it carried. ``ValueError`` when (part
         of) it is refused (:class:`~bridge.errors.QuotaExceeded` when the
         document is full); the valid part is merged all the same."""
-        return self._hub.merge_bytes(self._live, data)
+        return self._hub.merge_bytes(self._live, data, self)
 
     def save(self) -> bytes:
         """The whole document as one Automerge file."""

@@ -64,6 +64,39 @@ def test_lifespan_example(tmp_path, monkeypatch):
         assert httpx.get(f"{running.http_url}/bridge/docs/settings").json() == {"started": True}
 
 
+def test_hooks_example_keeps_the_apps_table_in_step(tmp_path, monkeypatch):
+    import sqlite3
+
+    from bridge.client import BridgeClient
+    from tests.waiting import eventually
+
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(example("hooks"), "README.md", "exec"), namespace)
+
+    def row():
+        try:
+            with contextlib.closing(sqlite3.connect(tmp_path / "app.sqlite3")) as db:
+                return db.execute("SELECT status, total FROM invoices WHERE id = 'invoice-9'").fetchone()
+        except sqlite3.OperationalError:  # the table is not there yet
+            return None
+
+    async def run(url: str) -> None:
+        async with BridgeClient(url) as client:
+            doc = await client.open("invoice-9")
+            with doc.change() as d:
+                d["status"], d["total"] = "sent", 12.5
+            await doc.flush()
+            await eventually(lambda: row() == ("sent", 12.5), timeout=10)
+            with doc.change() as d:
+                d["status"] = "paid"
+            await doc.flush()
+            await eventually(lambda: row() == ("paid", 12.5), timeout=10)
+
+    with serve_in_thread(namespace["app"]) as running:
+        anyio.run(run, f"ws://127.0.0.1:{running.port}/bridge/sync")
+
+
 def test_the_readme_lists_every_limit_with_its_default_flag_and_variable():
     from bridge.cli import BOUND_OPTIONS, LIMIT_OPTIONS, shown_default
 

@@ -39,6 +39,7 @@ from ..storage import Store, open_store
 
 if TYPE_CHECKING:
     from ..cluster import Bus
+    from ..webhook import Webhook
 from .admission import Admission, Refusal
 from .deadlines import header_timeout_protocol
 from . import metrics as metrics_http
@@ -83,6 +84,7 @@ def create_app(
     heal_interval: float = 2.0,
     shutdown_grace: float = 10.0,
     handle_signals: bool = False,
+    webhook: "Webhook | None" = None,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
     metrics_route: bool = True,
@@ -100,6 +102,9 @@ def create_app(
     joins this bridge to the others that share its store, which must then
     be a shared one (PostgreSQL): see docs/cluster.md. ``heal_interval``:
     seconds between two looks at the store for commits the bus did not bring.
+
+    ``webhook``: a :class:`~bridge.webhook.Webhook` that POSTs each commit
+    (docs/hooks.md); ``app.state.hub.committed()`` is the in-process hook.
 
     ``handle_signals``: on SIGTERM or SIGINT, commit what peers sent and
     close them with 1001 (within ``shutdown_grace`` seconds) before the
@@ -164,6 +169,8 @@ def create_app(
                 await tg.start(hub.run)
                 if handle_signals:
                     await tg.start(shutdown.watch_signals, hub)
+                if webhook is not None:
+                    await tg.start(webhook.run, hub.committed(max_docs=webhook.max_docs))
                 if node is not None:
                     await tg.start(node.run, hub)
                 tg.start_soon(fd_monitor.watch)

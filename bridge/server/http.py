@@ -91,7 +91,10 @@ def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authent
             return error(400, "bad_changes", "empty body; send Automerge bytes")
         address = request.client.host if request.client else None
         creator = quota_key(request.state.principal, address, identity_verified=authenticate is not None)
-        async with open_local(hub, doc_id, peer="http", creator=creator) as doc:
+        identity = request.state.principal.identity
+        # The commit hooks' `origin`: who sent these changes, and how.
+        peer = "http" if identity in (None, "http") else f"http:{identity}"
+        async with open_local(hub, doc_id, peer=peer, creator=creator) as doc:
             try:
                 carried = doc.merge(body)
             except QuotaExceeded as exc:
