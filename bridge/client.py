@@ -80,6 +80,7 @@ from .errors import (
     DocError,
     FlushTimeout,
     Forbidden,
+    NotFound,
     ProtocolError,
     ReadOnly,
 )
@@ -585,8 +586,10 @@ class BridgeClient:
         durable in time (the client stays open then)."""
         if self._closing:
             return
-        # Read-only documents have nothing of ours to flush, closed ones cannot.
-        writable = {d.id: d.heads for d in self.docs.values() if not d.read_only and not isinstance(d.error, Forbidden)}
+        # Read-only documents have nothing of ours to flush; closed (forbidden)
+        # and deleted (not_found) ones cannot be.
+        writable = {d.id: d.heads for d in self.docs.values()
+                    if not d.read_only and not isinstance(d.error, (Forbidden, NotFound))}
         if writable and self.failure is None:
             await self._request_flush(writable, timeout)
         self._closing = True

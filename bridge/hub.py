@@ -47,7 +47,7 @@ from .core.ratelimit import KeyedBuckets
 from .errors import ErrorCode, QuotaExceeded
 from .hooks import CommitFeed, CommitSubscription, origin_of
 from .metrics import Metrics, uncounted
-from .storage import AppendChanges, Committed, Compact, Store, StoredDoc
+from .storage import AppendChanges, Committed, Compact, DeleteDoc, Store, StoredDoc
 from .storage.batcher import GroupCommit
 
 log = get_logger(__name__)
@@ -80,6 +80,10 @@ class Subscriber(Protocol):
     def doc_reloaded(self, doc_id: str) -> None:
         """The in-memory copy was replaced (after a core failure): start over
         against ``live.doc``."""
+
+    def doc_deleted(self, doc_id: str) -> None:
+        """An operator deleted the document: it is gone from the hub (this
+        subscriber is unsubscribed already) and from the store."""
 
     def ephemeral(self, doc_id: str, sender: str, data: bytes, source: object = None) -> None:
         """Presence from another subscriber: ``sender`` is its authenticated
@@ -173,6 +177,7 @@ class LiveDoc:
         self.unload_scope: anyio.CancelScope | None = None  # set while an unload is pending
         self.compacting = False
         self.recovering: anyio.Event | None = None
+        self.deleted = False  # evicted by Hub.delete: nothing more of it may be written
 
     @property
     def index(self) -> ChangeIndex:
@@ -339,6 +344,49 @@ class Hub:
         live.subscribers.add(subscriber)
         return live
 
+    async def delete(self, doc_id: str, timeout: float = 30.0) -> bool:
+        """Delete a document for good: its subscribers are told (peers get
+        ``error not_found``) and let go, then everything stored of it is
+        removed, after whatever was queued for it. Opening it meanwhile
+        waits, and afterwards finds nothing (or creates a new, empty
+        document). Returns whether there was anything to delete.
+
+        Not with a bus: the other bridges would keep their loaded copies and
+        write their peers' changes back (refused with NotImplementedError)."""
+        if not isinstance(self.replicator, Standalone):
+            raise NotImplementedError("deleting a document is not supported when bridges share a store yet")
+        while doc_id in self._loading:
+            await self._loading[doc_id].wait()
+        deleting = self._loading[doc_id] = anyio.Event()  # _get waits on it, as on a load
+        try:
+            live = self._docs.pop(doc_id, None)
+            existed = live is not None or bool(await self.store.doc_infos(only=doc_id))
+            if live is not None:
+                live.deleted = True
+                self._keep(live)  # its pending unload (and that unload's compaction) is off
+                subscribers, live.subscribers = list(live.subscribers), set()
+                for subscriber in subscribers:
+                    subscriber.doc_deleted(doc_id)
+            done = anyio.Event()
+            self.writer.submit(DeleteDoc(doc_id), lambda result: done.set())
+            with anyio.fail_after(timeout):
+                await done.wait()
+            self.unavailable.pop(doc_id, None)
+            log.warning("document %s deleted", doc_id, extra=doc_extra(doc_id))
+            return existed
+        finally:
+            del self._loading[doc_id]
+            deleting.set()
+
+    async def compact_now(self, doc_id: str) -> bool:
+        """Compact a loaded document at once (the admin route); False when it
+        is not loaded, degraded, or a compaction is under way."""
+        live = self._docs.get(doc_id)
+        if live is None or live.compacting or live.degraded:
+            return False
+        await self._contained(self._compact, live)
+        return live.compaction_problem is None
+
     @staticmethod
     def _keep(live: LiveDoc) -> None:
         """Someone wants ``live``: an unload waiting for it to idle is off."""
@@ -450,6 +498,8 @@ class Hub:
         """
         if not changes:
             return
+        if live.deleted:  # a handle kept past Hub.delete: the document is gone
+            raise DocNotFound(live.doc_id)
         hashes = [change.hash for change in changes]
         heads = live.doc.get_heads()
         live.note_accepted(changes)
@@ -471,7 +521,7 @@ class Hub:
 
         Contained: a failure is logged and reported, and the rows stay.
         """
-        if live.compacting or live.degraded:
+        if live.compacting or live.degraded or live.deleted:
             return
         live.compacting = True
         try:

@@ -109,6 +109,9 @@ class LocalDoc:
     def doc_saved(self, doc_id: str, heads: list[bytes], own: bool) -> None:
         pass
 
+    def doc_deleted(self, doc_id: str) -> None:
+        self._close()  # its live copy is gone: changes now raise DocNotFound
+
     def doc_reloaded(self, doc_id: str) -> None:
         self._changed.set()
 

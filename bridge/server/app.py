@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 from .admission import Admission, Refusal
 from .deadlines import header_timeout_protocol
 from . import metrics as metrics_http
+from .admin import admin_routes
 from .http import doc_routes, error
 from .peer import PeerSession
 from .shutdown import Shutdown
@@ -283,6 +284,7 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         *doc_routes(lambda: app.state.hub, limits, authenticate),
+        *admin_routes(lambda: app.state.hub, authenticate),
         # Open even when auth is on: counts only, no document data (docs/metrics.md).
         *([metrics_http.metrics_route(metrics)] if metrics_route and metrics_port is None else []),
     ]

@@ -799,6 +799,11 @@ class PeerSession:
         # A peer answers its own sync messages too: origin does not matter here.
         self.outbox.mark_dirty(doc_id)
 
+    def doc_deleted(self, doc_id: str) -> None:
+        if doc_id in self._docs:
+            self._forget(doc_id)
+            self._error(ErrorCode.NOT_FOUND, "the document was deleted", doc_id)
+
     def doc_reloaded(self, doc_id: str) -> None:
         if doc_id in self._docs:
             live, sync = self._docs[doc_id]

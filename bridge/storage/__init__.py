@@ -90,7 +90,25 @@ class Compact:
     base_gen: int | None = None
 
 
-Write = Union[AppendChanges, Compact]
+@dataclass(frozen=True)
+class DeleteDoc:
+    """Remove everything stored of a document (the admin route). In a batch
+    it applies in order: appends before it are deleted too, after it they
+    start a new document."""
+
+    doc_id: str
+
+
+Write = Union[AppendChanges, Compact, DeleteDoc]
+
+
+@dataclass(frozen=True)
+class DocInfo:
+    """What the admin listing shows of a stored document."""
+
+    doc_id: str
+    size: int  # bytes stored: snapshots and change rows
+    changed_at: float | None  # unix time of the last append (None: not recorded, e.g. migrated data)
 
 
 @dataclass(frozen=True)
@@ -146,6 +164,10 @@ class Store(Protocol):
         what was done, one :class:`Committed` per write."""
 
     async def doc_ids(self) -> list[str]: ...
+
+    async def doc_infos(self, after: str | None = None, limit: int = 100, only: str | None = None) -> list[DocInfo]:
+        """Stored documents with ids greater than ``after``, in id order, at
+        most ``limit``; ``only``: just that one (if stored)."""
 
     async def check(self) -> None:
         """Raise unless the store answers now (readiness; callers bound the wait)."""

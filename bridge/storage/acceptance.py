@@ -11,7 +11,9 @@ from __future__ import annotations
 import pytest
 from automerge import core
 
-from . import AppendChanges, Committed, Compact, StoredDoc
+import time
+
+from . import AppendChanges, Committed, Compact, DeleteDoc, StoredDoc
 
 __all__ = [
     "test_unknown_doc_loads_as_none",
@@ -27,6 +29,8 @@ __all__ = [
     "test_commit_reports_one_result_per_write",
     "test_a_compaction_on_a_stale_generation_writes_nothing",
     "test_check_answers_on_an_open_store",
+    "test_doc_infos_list_in_id_order_with_sizes_and_change_times",
+    "test_delete_removes_everything_of_one_document_in_batch_order",
 ]
 
 def _history(n: int) -> tuple[core.Document, list[core.Change]]:
@@ -252,3 +256,40 @@ async def test_a_compaction_on_a_stale_generation_writes_nothing(store):
 @pytest.mark.anyio
 async def test_check_answers_on_an_open_store(store):
     await store.check()
+
+
+@pytest.mark.anyio
+async def test_doc_infos_list_in_id_order_with_sizes_and_change_times(store):
+    _, c = _history(3)
+    started = time.time()
+    await store.commit([AppendChanges(doc_id, _pairs(c)) for doc_id in ("b", "a", "c-1", "C")])
+    snapshot = _snapshot_of(c)
+    await store.commit([Compact("b", snapshot, frozenset(x.hash for x in c))])
+    everything = await store.doc_infos(limit=10)
+    assert [i.doc_id for i in everything] == ["C", "a", "b", "c-1"]  # byte order, as Python sorts
+    rows = sum(len(x.bytes) for x in c)
+    sizes = {i.doc_id: i.size for i in everything}
+    assert sizes == {"C": rows, "a": rows, "b": rows + len(snapshot), "c-1": rows}
+    assert all(started - 1 <= i.changed_at <= time.time() + 1 for i in everything)
+    page = await store.doc_infos(after="a", limit=2)
+    assert [i.doc_id for i in page] == ["b", "c-1"]
+    assert await store.doc_infos(after="c-1", limit=2) == []
+    assert [i.doc_id for i in await store.doc_infos(only="b")] == ["b"]
+    assert await store.doc_infos(only="nope") == []
+
+
+@pytest.mark.anyio
+async def test_delete_removes_everything_of_one_document_in_batch_order(store):
+    _, c = _history(3)
+    await store.commit([AppendChanges("a", _pairs(c[:2])), AppendChanges("b", _pairs(c))])
+    await store.commit([Compact("a", _snapshot_of(c[:2]), frozenset(x.hash for x in c[:2]))])
+    results = await store.commit([AppendChanges("a", _pairs(c[2:])), DeleteDoc("a")])
+    assert len(results) == 2
+    assert await store.load("a") is None
+    assert await store.doc_ids() == ["b"] and [i.doc_id for i in await store.doc_infos()] == ["b"]
+    assert (await store.load("b")).changes == _pairs(c), "another document is untouched"
+    # After a delete in the same batch, an append starts the document over.
+    await store.commit([AppendChanges("a", _pairs(c[:1])), DeleteDoc("a"), AppendChanges("a", _pairs(c[:1]))])
+    again = await store.load("a")
+    assert again.changes == _pairs(c[:1]) and again.snapshots == []
+    await store.commit([DeleteDoc("never-stored")])  # nothing to delete is not an error

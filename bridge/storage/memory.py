@@ -7,10 +7,11 @@ only when the next snapshot is written.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from . import AppendChanges, Committed, Compact, StoredDoc, Write
+from . import AppendChanges, Committed, Compact, DeleteDoc, DocInfo, StoredDoc, Write
 
 _BYTES = (bytes, bytearray, memoryview)
 
@@ -19,9 +20,14 @@ _BYTES = (bytes, bytearray, memoryview)
 class _Doc:
     snapshots: list[tuple[int, bytes]] = field(default_factory=list)  # (generation, data), oldest first
     rows: dict[bytes, tuple[bytes, int | None]] = field(default_factory=dict)  # hash -> (data, covered by), append order
+    changed_at: float | None = None  # unix time of the last append that stored a row
 
     def copy(self) -> _Doc:
-        return _Doc(list(self.snapshots), dict(self.rows))
+        return _Doc(list(self.snapshots), dict(self.rows), self.changed_at)
+
+    def info(self, doc_id: str) -> DocInfo:
+        size = sum(len(data) for _, data in self.snapshots) + sum(len(data) for data, _ in self.rows.values())
+        return DocInfo(doc_id, size, self.changed_at)
 
 
 class MemoryStore:
@@ -62,11 +68,13 @@ class MemoryStore:
         for write in writes:
             if isinstance(write, AppendChanges):
                 done.append(Committed())
-                rows = doc(write.doc_id).rows
+                target = doc(write.doc_id)
                 for change_hash, data in write.changes:
                     if not isinstance(change_hash, _BYTES) or not isinstance(data, _BYTES):
                         raise TypeError(f"a change is a (hash, bytes) pair of bytes, not {(change_hash, data)!r:.80}")
-                    rows.setdefault(bytes(change_hash), (bytes(data), None))
+                    if bytes(change_hash) not in target.rows:
+                        target.rows[bytes(change_hash)] = (bytes(data), None)
+                        target.changed_at = time.time()
             elif isinstance(write, Compact):
                 if not isinstance(write.snapshot, _BYTES):
                     raise TypeError(f"a snapshot is bytes, not {type(write.snapshot).__name__}")
@@ -85,12 +93,21 @@ class MemoryStore:
                 target.rows = {
                     h: row for h, row in target.rows.items() if row[1] is None or row[1] >= gen
                 }
+            elif isinstance(write, DeleteDoc):
+                staged[write.doc_id] = _Doc()
+                done.append(Committed())
             else:
                 raise TypeError(f"unknown write: {write!r}")
         for doc_id, staged_doc in staged.items():
             if staged_doc.snapshots or staged_doc.rows:
                 self._docs[doc_id] = staged_doc
+            else:
+                self._docs.pop(doc_id, None)
         return done
 
     async def doc_ids(self) -> list[str]:
         return sorted(self._docs)
+
+    async def doc_infos(self, after: str | None = None, limit: int = 100, only: str | None = None) -> list[DocInfo]:
+        ids = [only] if only is not None else sorted(d for d in self._docs if after is None or d > after)[:limit]
+        return [self._docs[d].info(d) for d in ids if d in self._docs]

@@ -59,7 +59,7 @@ from urllib.parse import parse_qsl, unquote, urlencode
 import anyio
 
 from ..logs import get_logger
-from . import AppendChanges, Committed, Compact, SchemaTooNew, StoredDoc, Write
+from . import AppendChanges, Committed, Compact, DeleteDoc, DocInfo, SchemaTooNew, StoredDoc, Write
 
 log = get_logger(__name__)
 
@@ -88,7 +88,7 @@ CREATE TABLE bridge_docs (
     seq        bigint NOT NULL DEFAULT 0,   -- rows ever appended: the document's store sequence
     gen        int NOT NULL DEFAULT 0,      -- generation of the newest snapshot (0: none)
     created_at timestamptz NOT NULL DEFAULT now(),
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now()  -- the last append that stored a row
 )""",
     """
 CREATE TABLE bridge_snapshots (
@@ -117,7 +117,7 @@ CREATE TABLE bridge_changes (
 _LOCK_DOCS = """
 INSERT INTO bridge_docs AS d (doc_id)
 SELECT doc_id FROM unnest($1::text[]) WITH ORDINALITY AS w(doc_id, n) ORDER BY n
-ON CONFLICT (doc_id) DO UPDATE SET updated_at = now()
+ON CONFLICT (doc_id) DO UPDATE SET seq = d.seq
 RETURNING d.doc_id, d.seq, d.gen
 """
 
@@ -139,7 +139,7 @@ SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[])
 """
 
 _SET_SEQS = """
-UPDATE bridge_docs AS d SET seq = w.seq
+UPDATE bridge_docs AS d SET seq = w.seq, updated_at = now()
 FROM unnest($1::text[], $2::bigint[]) AS w(doc_id, seq)
 WHERE d.doc_id = w.doc_id
 """
@@ -177,6 +177,29 @@ WITH snapshot AS (
 )
 DELETE FROM bridge_changes WHERE doc_id = $1 AND covered < $2
 RETURNING hash
+"""
+
+# Everything of a document, under its row lock (the admin route). The row
+# stays, emptied: the lock is held on it, and a later append in the same
+# batch starts the document over from sequence 0.
+_DELETE = """
+WITH changes AS (
+    DELETE FROM bridge_changes WHERE doc_id = $1
+), snapshots AS (
+    DELETE FROM bridge_snapshots WHERE doc_id = $1
+)
+UPDATE bridge_docs SET seq = 0, gen = 0 WHERE doc_id = $1
+"""
+
+# The admin listing: ids in byte order (COLLATE "C", as Python sorts them).
+_DOC_INFOS = """
+SELECT d.doc_id, extract(epoch FROM d.updated_at)::float8 AS changed_at,
+       ((SELECT COALESCE(sum(octet_length(s.data)), 0) FROM bridge_snapshots s WHERE s.doc_id = d.doc_id)
+      + (SELECT COALESCE(sum(octet_length(c.data)), 0) FROM bridge_changes c WHERE c.doc_id = d.doc_id))::bigint AS size
+FROM bridge_docs d
+WHERE {where} AND (d.seq > 0 OR d.gen > 0)
+ORDER BY d.doc_id COLLATE "C"
+LIMIT $2
 """
 
 # A document has something stored once a row was appended (rows go only when
@@ -247,6 +270,9 @@ def _validate(writes: list[Write]) -> None:
                 raise TypeError("a Compact's covered hashes are bytes")
             if write.base_gen is not None and not isinstance(write.base_gen, int):
                 raise TypeError(f"a base generation is an int or None, not {type(write.base_gen).__name__}")
+        elif isinstance(write, DeleteDoc):
+            if not isinstance(write.doc_id, str):
+                raise TypeError(f"a document id is a str, not {type(write.doc_id).__name__}")
         else:
             raise TypeError(f"unknown write: {write!r:.80}")
 
@@ -447,6 +473,13 @@ class PostgresStore:
                 rows = await conn.fetch(f"SELECT doc_id FROM bridge_docs WHERE {_HAS_DATA}")
         return sorted(row["doc_id"] for row in rows)  # Python's order, not the database collation's
 
+    async def doc_infos(self, after: str | None = None, limit: int = 100, only: str | None = None) -> list[DocInfo]:
+        where, key = ('d.doc_id = $1', only) if only is not None else ('d.doc_id COLLATE "C" > $1', after or "")
+        with self._no_password_in_errors():
+            async with self._require_pool().acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                rows = await conn.fetch(_DOC_INFOS.format(where=where), key, limit)
+        return [DocInfo(row["doc_id"], row["size"], row["changed_at"]) for row in rows]
+
 
 class _Batch:
     """One commit's work inside its transaction.
@@ -479,6 +512,13 @@ class _Batch:
         for write in self.writes:
             if isinstance(write, AppendChanges):
                 done.append(self._append(write))
+            elif isinstance(write, DeleteDoc):
+                if write.doc_id in self.pending_docs:
+                    await self._flush()
+                await conn.execute(_DELETE, write.doc_id)
+                self.seq[write.doc_id] = self.start[write.doc_id] = 0
+                self.known[write.doc_id] = set()
+                done.append(Committed())
             else:
                 assert isinstance(write, Compact)  # _validate refused anything else
                 if write.doc_id in self.pending_docs:

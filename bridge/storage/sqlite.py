@@ -12,7 +12,7 @@ process, or another store in this process — on the same file refuses to open
 acknowledgements with ours. The kernel drops the lock when the process dies,
 even by ``kill -9``; the lock file itself stays (it holds the last pid).
 
-Schema version 2 (``PRAGMA user_version``): up to two snapshots per document
+Schema version 3 (``PRAGMA user_version``): up to two snapshots per document
 by generation, and change rows that carry the generation of the snapshot that
 covers them (``covered``), deleted only once the next snapshot is written.
 ``open()`` migrates a version-1 database in place (one transaction) and
@@ -26,20 +26,22 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import anyio.to_thread
 
-from . import AppendChanges, Committed, Compact, SchemaTooNew, StoreCorrupt, StoredDoc, StoreLocked, Write
+from . import (AppendChanges, Committed, Compact, DeleteDoc, DocInfo, SchemaTooNew, StoreCorrupt, StoredDoc,
+               StoreLocked, Write)
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock, so no lock; one bridge per file is up to you
     fcntl = None  # type: ignore[assignment]
 
-SCHEMA_VERSION = 2  # kept in PRAGMA user_version
+SCHEMA_VERSION = 3  # kept in PRAGMA user_version
 
 # Version 1 (user_version 0, before versions were tracked) had one snapshot per
 # document (snapshots: doc_id PRIMARY KEY, data) and deleted the rows a
@@ -63,6 +65,13 @@ CREATE TABLE changes (
     UNIQUE (doc_id, hash)
 )""",
     "CREATE INDEX changes_by_doc ON changes (doc_id, seq)",
+]
+# Version 3: a row per stored document, with the time of its last append
+# (the admin listing). Documents stored before it have changed_at NULL.
+_DOCS_V3 = "CREATE TABLE docs (doc_id TEXT PRIMARY KEY, changed_at REAL)"
+_MIGRATE_V2_TO_V3 = [
+    _DOCS_V3,
+    "INSERT INTO docs (doc_id) SELECT doc_id FROM snapshots UNION SELECT doc_id FROM changes",
 ]
 _MIGRATE_V1_TO_V2 = [
     "ALTER TABLE snapshots RENAME TO snapshots_v1",
@@ -164,10 +173,14 @@ class SQLiteStore:
             if version > SCHEMA_VERSION:
                 raise SchemaTooNew(str(self.path), version, SCHEMA_VERSION)
             if version < SCHEMA_VERSION:
-                has_v1 = conn.execute(
+                has_tables = conn.execute(
                     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'"
                 ).fetchone()
-                for statement in _MIGRATE_V1_TO_V2 if has_v1 else _SCHEMA_V2:
+                if not has_tables:
+                    steps = [*_SCHEMA_V2, _DOCS_V3]
+                else:  # version 0 (= 1, before versions were tracked) or 2
+                    steps = [*(_MIGRATE_V1_TO_V2 if version < 2 else []), *_MIGRATE_V2_TO_V3]
+                for statement in steps:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -254,13 +267,23 @@ class SQLiteStore:
                         done.append(Committed())
                         # Idempotent per (doc_id, hash). Not INSERT OR IGNORE:
                         # that would also drop a row with NULL data silently.
-                        conn.executemany(
+                        added = conn.executemany(
                             "INSERT INTO changes (doc_id, hash, data) VALUES (?, ?, ?)"
                             " ON CONFLICT (doc_id, hash) DO NOTHING",
                             [(write.doc_id, h, data) for h, data in write.changes],
-                        )
+                        ).rowcount
+                        if added > 0:
+                            conn.execute(
+                                "INSERT INTO docs (doc_id, changed_at) VALUES (?, ?)"
+                                " ON CONFLICT (doc_id) DO UPDATE SET changed_at = excluded.changed_at",
+                                (write.doc_id, time.time()),
+                            )
                     elif isinstance(write, Compact):
                         done.append(Committed(gen=self._compact(conn, write)))
+                    elif isinstance(write, DeleteDoc):
+                        for table in ("changes", "snapshots", "docs"):
+                            conn.execute(f"DELETE FROM {table} WHERE doc_id = ?", (write.doc_id,))
+                        done.append(Committed())
                     else:
                         raise TypeError(f"unknown write: {write!r}")
                 conn.execute("COMMIT")
@@ -279,6 +302,7 @@ class SQLiteStore:
             return None  # stale: see Compact.base_gen
         gen = newest + 1
         conn.execute("INSERT INTO snapshots (doc_id, gen, data) VALUES (?, ?, ?)", (doc_id, gen, write.snapshot))
+        conn.execute("INSERT INTO docs (doc_id) VALUES (?) ON CONFLICT (doc_id) DO NOTHING", (doc_id,))
         conn.executemany(
             "UPDATE changes SET covered = ? WHERE doc_id = ? AND hash = ? AND covered IS NULL",
             [(gen, doc_id, h) for h in write.covered],
@@ -297,5 +321,22 @@ class SQLiteStore:
                     "SELECT doc_id FROM snapshots UNION SELECT doc_id FROM changes ORDER BY 1"
                 ).fetchall()
             return [r[0] for r in rows]
+
+        return await anyio.to_thread.run_sync(query)
+
+    async def doc_infos(self, after: str | None = None, limit: int = 100, only: str | None = None) -> list[DocInfo]:
+        where, params = ("d.doc_id = ?", (only,)) if only is not None else ("d.doc_id > ?", (after or "",))
+
+        def query() -> list[DocInfo]:
+            assert self._reader is not None, "store is not open"
+            with self._read_lock, self._corruption_is_fatal():
+                rows = self._reader.execute(
+                    "SELECT d.doc_id, d.changed_at,"
+                    " (SELECT COALESCE(SUM(LENGTH(data)), 0) FROM snapshots s WHERE s.doc_id = d.doc_id)"
+                    " + (SELECT COALESCE(SUM(LENGTH(data)), 0) FROM changes c WHERE c.doc_id = d.doc_id)"
+                    f" FROM docs d WHERE {where} ORDER BY d.doc_id LIMIT ?",
+                    (*params, limit),
+                ).fetchall()
+            return [DocInfo(doc_id, size, changed_at) for doc_id, changed_at, size in rows]
 
         return await anyio.to_thread.run_sync(query)

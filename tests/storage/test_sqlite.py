@@ -66,7 +66,27 @@ async def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path):
     assert store._writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     await store.close()
-    assert user_version(tmp_path / "x.sqlite3") == SCHEMA_VERSION == 2
+    assert user_version(tmp_path / "x.sqlite3") == SCHEMA_VERSION == 3
+
+
+async def test_a_version_2_database_gains_its_document_list(tmp_path):
+    path = tmp_path / "v2.sqlite3"
+    _, c = history(2)
+    store = SQLiteStore(path)
+    await store.open()
+    await store.commit([AppendChanges("a", pairs(c)), AppendChanges("b", pairs(c[:1]))])
+    await store.close()
+    with sqlite3.connect(path) as conn:  # what version 2 was: no docs table
+        conn.execute("DROP TABLE docs")
+        conn.execute("PRAGMA user_version = 2")
+    again = SQLiteStore(path)
+    await again.open()
+    assert user_version(path) == 3
+    assert [(i.doc_id, i.changed_at) for i in await again.doc_infos()] == [("a", None), ("b", None)]
+    await again.commit([AppendChanges("b", pairs(c[1:]))])
+    [b] = await again.doc_infos(only="b")
+    assert b.changed_at is not None and b.size == sum(len(x.bytes) for x in c)
+    await again.close()
 
 
 async def test_a_version_1_database_is_migrated_in_place(tmp_path):
@@ -88,8 +108,10 @@ async def test_a_version_1_database_is_migrated_in_place(tmp_path):
 
     store = SQLiteStore(path)
     await store.open()
-    assert user_version(path) == 2
+    assert user_version(path) == 3
     assert await store.doc_ids() == ["a", "b"]
+    infos = await store.doc_infos()
+    assert [(i.doc_id, i.changed_at) for i in infos] == [("a", None), ("b", None)], "no change time was recorded"
     stored = await store.load("a")
     assert stored.snapshots == [snapshot]
     assert stored.changes == pairs(c[3:])
@@ -123,14 +145,14 @@ async def test_a_database_from_a_newer_bridge_is_refused(tmp_path):
     await store.commit([AppendChanges("a", [(b"\x01" * 32, b"change")])])
     await store.close()
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 3")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
 
     with pytest.raises(SchemaTooNew) as refused:
         await SQLiteStore(path).open()
-    assert refused.value.version == 3
+    assert refused.value.version == SCHEMA_VERSION + 1
     assert str(path) in str(refused.value) and "newer" in str(refused.value)
-    assert user_version(path) == 3, "refused without touching it"
+    assert user_version(path) == SCHEMA_VERSION + 1, "refused without touching it"
     # The refusal released the lock.
     SQLiteStore(path).lock()
 
