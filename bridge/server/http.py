@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -18,6 +19,7 @@ from ..config import Limits
 from ..hub import DocNotFound, DocUnavailable, Hub
 from ..errors import HTTP_STATUS, ErrorCode, FlushTimeout, QuotaExceeded
 from ..local import open_local
+from ..protocol.httpsync import CONTENT_TYPE, SyncAnswer, SyncRequest
 from ..protocol.native import valid_doc_id
 from ..values import heads_hex, to_json
 
@@ -91,10 +93,7 @@ def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authent
             return error(400, "bad_changes", "empty body; send Automerge bytes")
         address = request.client.host if request.client else None
         creator = quota_key(request.state.principal, address, identity_verified=authenticate is not None)
-        identity = request.state.principal.identity
-        # The commit hooks' `origin`: who sent these changes, and how.
-        peer = "http" if identity in (None, "http") else f"http:{identity}"
-        async with open_local(hub, doc_id, peer=peer, creator=creator) as doc:
+        async with open_local(hub, doc_id, peer=_http_peer(request.state.principal), creator=creator) as doc:
             try:
                 carried = doc.merge(body)
             except QuotaExceeded as exc:
@@ -107,11 +106,57 @@ def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authent
                 return error(503, exc.code, str(exc))
             return JSONResponse({"heads": heads_hex(doc.durable_heads)})
 
+    async def post_sync(request: Request, doc_id: str, hub: Hub) -> Response:
+        """Stateless sync (bridge/protocol/httpsync.py): merge the client's
+        changes, answer once they are committed, with what it lacks."""
+        body = await _read_body(request, limits.max_frame_bytes)
+        if body is None:
+            return error(413, "too_big", f"body exceeds {limits.max_frame_bytes} bytes")
+        try:
+            sync = msgspec.msgpack.decode(body, type=SyncRequest)
+        except msgspec.MsgspecError as exc:
+            return error(400, "bad_request", f"not a sync request: {exc}"[:300])
+        principal = request.state.principal
+        if sync.changes and principal.access(doc_id) != WRITE:
+            return error(403, ErrorCode.READ_ONLY, "you may read this document, not write it: nothing was merged")
+        address = request.client.host if request.client else None
+        creator = quota_key(principal, address, identity_verified=authenticate is not None)
+        try:
+            async with open_local(hub, doc_id, peer=_http_peer(principal), create=bool(sync.changes),
+                                  creator=creator) as doc:
+                if sync.changes:
+                    try:
+                        carried = doc.merge(sync.changes)
+                    except ValueError as exc:
+                        return error(400, "bad_changes", str(exc))
+                    try:
+                        await doc.flush(limits.flush_timeout, heads=carried)
+                    except FlushTimeout as exc:
+                        return error(503, exc.code, str(exc))
+                live = doc.live
+                # Heads the server does not hold (another document's, made up)
+                # say nothing about what the client has: send it everything.
+                have = [h for h in sync.have if h in live.index.hashes]
+                if len(have) != len(sync.have):
+                    have = []
+                lacking = b"".join(change.bytes for change in live.doc.get_changes(have))
+                answer = SyncAnswer(changes=lacking, heads=doc.heads, durable=doc.durable_heads)
+        except DocNotFound:
+            return error(404, "not_found", "no such document; send changes to create it")
+        return Response(msgspec.msgpack.encode(answer), media_type=CONTENT_TYPE)
+
     return [
         Route("/docs/{doc_id}", doc_route(get_doc)),
+        Route("/docs/{doc_id}/sync", doc_route(post_sync), methods=["POST"]),
         Route("/docs/{doc_id}/changes", doc_route(post_changes, writes=True), methods=["POST"]),
         Route("/docs/{doc_id}/durable", doc_route(get_durable)),
     ]
+
+
+def _http_peer(principal: Principal) -> str:
+    """The name an HTTP request's changes go by (the commit hooks' `origin`)."""
+    identity = principal.identity
+    return "http" if identity in (None, "http") else f"http:{identity}"
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
