@@ -18,7 +18,7 @@ from ..auth import WRITE, Authenticate, AuthRequest, Principal, authenticate as 
 from ..config import Limits
 from ..hub import DocNotFound, DocUnavailable, Hub
 from ..errors import HTTP_STATUS, ErrorCode, FlushTimeout, QuotaExceeded
-from ..local import open_local
+from ..local import LocalDoc, open_local
 from ..protocol.httpsync import CONTENT_TYPE, SyncAnswer, SyncRequest
 from ..protocol.native import valid_doc_id
 from ..values import heads_hex, to_json
@@ -94,17 +94,8 @@ def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authent
         address = request.client.host if request.client else None
         creator = quota_key(request.state.principal, address, identity_verified=authenticate is not None)
         async with open_local(hub, doc_id, peer=_http_peer(request.state.principal), creator=creator) as doc:
-            try:
-                carried = doc.merge(body)
-            except QuotaExceeded as exc:
-                return error(HTTP_STATUS[exc.code], exc.code, str(exc))
-            except ValueError as exc:
-                return error(400, "bad_changes", str(exc))
-            try:
-                await doc.flush(limits.flush_timeout, heads=carried)
-            except FlushTimeout as exc:
-                return error(503, exc.code, str(exc))
-            return JSONResponse({"heads": heads_hex(doc.durable_heads)})
+            refused = await _merge_durably(doc, body, limits.flush_timeout)
+            return refused or JSONResponse({"heads": heads_hex(doc.durable_heads)})
 
     async def post_sync(request: Request, doc_id: str, hub: Hub) -> Response:
         """Stateless sync (bridge/protocol/httpsync.py): merge the client's
@@ -125,14 +116,9 @@ def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authent
             async with open_local(hub, doc_id, peer=_http_peer(principal), create=bool(sync.changes),
                                   creator=creator) as doc:
                 if sync.changes:
-                    try:
-                        carried = doc.merge(sync.changes)
-                    except ValueError as exc:
-                        return error(400, "bad_changes", str(exc))
-                    try:
-                        await doc.flush(limits.flush_timeout, heads=carried)
-                    except FlushTimeout as exc:
-                        return error(503, exc.code, str(exc))
+                    refused = await _merge_durably(doc, sync.changes, limits.flush_timeout)
+                    if refused is not None:
+                        return refused
                 live = doc.live
                 # Heads the server does not hold (another document's, made up)
                 # say nothing about what the client has: send it everything.
@@ -151,6 +137,22 @@ def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authent
         Route("/docs/{doc_id}/changes", doc_route(post_changes, writes=True), methods=["POST"]),
         Route("/docs/{doc_id}/durable", doc_route(get_durable)),
     ]
+
+
+async def _merge_durably(doc: LocalDoc, data: bytes, flush_timeout: float) -> JSONResponse | None:
+    """Merge ``data`` (checked like a peer's) and wait until what it carried
+    is committed: None then, else the error answer."""
+    try:
+        carried = doc.merge(data)
+    except QuotaExceeded as exc:
+        return error(HTTP_STATUS[exc.code], exc.code, str(exc))
+    except ValueError as exc:
+        return error(400, "bad_changes", str(exc))
+    try:
+        await doc.flush(flush_timeout, heads=carried)
+    except FlushTimeout as exc:
+        return error(503, exc.code, str(exc))
+    return None
 
 
 def _http_peer(principal: Principal) -> str:
