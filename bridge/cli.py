@@ -320,7 +320,86 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     token.add_argument("--no-exp", action="store_true",
                        help="no expiry (the bridge must run with --auth-require-exp off)")
     token.add_argument("--admin", action="store_true", help="grant the admin routes")
+    _add_store_commands(commands)
     return parser, serve
+
+
+def _add_store_commands(commands) -> None:
+    """backup, restore, export, import (bridge/backup.py; docs/operations-backup.md)."""
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=description, formatter_class=_HelpFormatter,
+                                  allow_abbrev=False)
+        sub.add_argument("--data-dir", default="data", help="the data directory (DATA_DIR/bridge.sqlite3)")
+        return sub
+
+    backup = command("backup", "copy the SQLite database consistently, even while a bridge serves it",
+                     "A consistent online copy of DATA_DIR/bridge.sqlite3 (SQLite's backup API), checked before "
+                     "it takes FILE's name. Safe while a bridge serves the directory.")
+    backup.add_argument("file", metavar="FILE", help="where the copy goes")
+    backup.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    restore = command("restore", "put a backup in place of the database (no bridge may be serving it)",
+                      "Check FILE, keep the current database aside (bridge.sqlite3.before-restore-TIME), "
+                      "and put FILE in its place. Refused while a bridge serves DATA_DIR.")
+    restore.add_argument("file", metavar="FILE", help="a file `backup` wrote")
+    export = command("export", "write documents as Automerge files",
+                     "Each document (all of them unless ids are given) as OUT_DIR/<id>.automerge, the bytes "
+                     "Automerge's save() writes. Read-only: works while a bridge serves the store.")
+    export.add_argument("--store", metavar="URL", help="a store URL instead of --data-dir (postgresql://...)")
+    export.add_argument("out_dir", metavar="OUT_DIR")
+    export.add_argument("doc_ids", metavar="DOC_ID", nargs="*")
+    import_ = command("import", "merge Automerge files into documents",
+                      "Merge each FILE into the document named by its stem (or --doc-id), with the same checks "
+                      "as a peer's changes; a file with anything refused is not imported at all. Refused while a "
+                      "bridge serves a SQLite DATA_DIR: send the file to POST /docs/{id}/changes instead.")
+    import_.add_argument("--store", metavar="URL", help="a store URL instead of --data-dir (postgresql://...)")
+    import_.add_argument("--doc-id", help="the document to merge into (one FILE only)")
+    import_.add_argument("files", metavar="FILE", nargs="+")
+
+
+def run_store_command(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> None:
+    from .backup import BackupError, backup, export, import_files, open_for_reading, restore
+    from .storage import SchemaTooNew, StoreLocked, open_store
+
+    database = Path(args.data_dir) / "bridge.sqlite3"
+    url = getattr(args, "store", None) or f"sqlite:///{database}"
+    try:
+        if args.command == "backup":
+            summary = backup(database, Path(args.file), force=args.force)
+            print(f"backed up {database} to {args.file}: {summary.documents} documents, {summary.changes} change "
+                  f"rows, {summary.snapshots} snapshots (schema {summary.version})")
+        elif args.command == "restore":
+            kept = restore(database, Path(args.file))
+            print(f"restored {args.file} to {database}" + (f"; the previous database is kept as {kept}" if kept else ""))
+        elif args.command == "export":
+            written = anyio.run(_with_store, open_for_reading(url), lambda store: export(store, Path(args.out_dir),
+                                                                                          args.doc_ids))
+            print(f"exported {len(written)} documents to {args.out_dir}")
+        else:
+            if args.doc_id and len(args.files) != 1:
+                fail("--doc-id names the document for one FILE only")
+            files = []
+            for name in args.files:
+                try:
+                    files.append((args.doc_id or Path(name).name.removesuffix(".automerge"), Path(name).read_bytes()))
+                except OSError as exc:
+                    fail(f"cannot read {name}: {exc.strerror or exc}")
+            imported = anyio.run(_with_store, open_store(url), lambda store: import_files(store, files))
+            print(f"imported {', '.join(f'{d} ({n} changes)' for d, n in imported)}")
+    except StoreLocked:
+        fail(f"a bridge is serving {args.data_dir}: stop it first" + (
+            " (or send the file to POST /docs/{id}/changes)" if args.command == "import" else ""))
+    except (BackupError, SchemaTooNew, ValueError) as exc:
+        fail(str(exc))
+    except (OSError, sqlite3.Error) as exc:
+        fail(f"{args.command} failed: {exc}")
+
+
+async def _with_store(store, work):
+    await store.open()
+    try:
+        return await work(store)
+    finally:
+        await store.close()
 
 
 def _given(flag: str, argv: Sequence[str]) -> bool:
@@ -366,6 +445,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.command == "token":
         run_token(args, fail)
+        return
+    if args.command in ("backup", "restore", "export", "import"):
+        run_store_command(args, fail)
         return
     _apply_environment(args, argv, fail)
     run_serve(args, fail, argv)

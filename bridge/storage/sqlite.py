@@ -101,6 +101,9 @@ class SQLiteStore:
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._lock_fd: int | None = None
+        # Read-only (export, while a bridge may serve the file): no lock, no
+        # migration, no writer; a schema newer than ours is still refused.
+        self.read_only = False
 
     @property
     def lock_path(self) -> Path:
@@ -192,7 +195,10 @@ class SQLiteStore:
     async def open(self) -> None:
         """Lock, check and migrate the database. Opening an open store does
         nothing, so a command can open it early to fail fast and in one line."""
-        if self._writer is not None:
+        if self._writer is not None or self._reader is not None:
+            return
+        if self.read_only:
+            await anyio.to_thread.run_sync(self._open_read_only)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock()
@@ -209,6 +215,17 @@ class SQLiteStore:
         except BaseException:
             await self.close()
             raise
+
+    def _open_read_only(self) -> None:
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no database at {self.path}")
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=10000")
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise SchemaTooNew(str(self.path), version, SCHEMA_VERSION)
+        self._reader = conn
 
     async def close(self) -> None:
         for conn in (self._writer, self._reader):
