@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -47,6 +47,7 @@ from .admin import admin_routes
 from .http import doc_routes, error
 from .peer import PeerSession
 from .shutdown import Shutdown
+from .web import web_routes
 from .ws import SocketPump
 
 log = get_logger(__name__)
@@ -288,7 +289,7 @@ def create_app(
         # Open even when auth is on: counts only, no document data (docs/metrics.md).
         *([metrics_http.metrics_route(metrics)] if metrics_route and metrics_port is None else []),
     ]
-    routes += _web_routes(Path(web_dir)) if web_dir else []
+    routes += web_routes(Path(web_dir)) if web_dir else []
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.hub = NotStarted()
     app.state.limits = limits
@@ -320,19 +321,3 @@ class NotStarted:
             "the bridge has not started: its hub exists once the app's lifespan runs "
             "(serve it with uvicorn, or hand bridge_app.router.lifespan_context to your app; see the README)"
         )
-
-
-def _web_routes(web_dir: Path) -> list[Route]:
-    """The demo page and the browser client, when they have been built."""
-    files = {"/": "index.html", "/client.js": "client.js", "/demo.js": "demo.js"}
-
-    def serve(name: str):
-        async def endpoint(request: Request) -> Response:
-            path = web_dir / name
-            if not path.is_file():
-                return error(404, "not_built", f"{name} is not built; run `npm ci && npm run build`")
-            return FileResponse(path)
-
-        return endpoint
-
-    return [Route(url, serve(name)) for url, name in files.items()]

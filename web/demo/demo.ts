@@ -58,6 +58,9 @@ const todosEl = $<HTMLUListElement>("todos");
 const accessEl = $<HTMLSpanElement>("access");
 const readOnlyNote = $<HTMLParagraphElement>("readonly-note");
 const mainEl = document.querySelector("main")!;
+// The easiest way to see sync: the same document in a second tab.
+const inviteEl = $<HTMLAnchorElement>("invite");
+inviteEl.href = location.href;
 const noticeEl = $<HTMLDivElement>("notice");
 
 const docId = docIdFromHash();
@@ -149,10 +152,28 @@ const STATUS_TEXT: Record<ClientStatus, string> = {
   failed: "failed",
   closed: "closed",
 };
-function showStatus(s: ClientStatus): void {
-  statusEl.dataset["status"] = s;
-  statusEl.textContent = STATUS_TEXT[s];
+// Edits made here that the server has not confirmed yet: counted per local
+// change, cleared once everything is saved.
+let waiting = 0;
+function statusText(s: ClientStatus): string {
+  if (s !== "offline" && s !== "connecting") return STATUS_TEXT[s];
+  // Which side is unreachable: the browser knows when it has no network at all.
+  const why = navigator.onLine ? (s === "offline" ? "server unreachable, retrying" : "connecting…") : "offline: no network";
+  return waiting ? `${why} · ${waiting} edit${waiting === 1 ? "" : "s"} waiting` : why;
 }
+function showStatus(s: ClientStatus): void {
+  if (s === "saved") waiting = 0;
+  statusEl.dataset["status"] = s;
+  statusEl.dataset["network"] = navigator.onLine ? "online" : "offline";
+  statusEl.textContent = statusText(s);
+  statusEl.title = statusEl.textContent;
+}
+function edited(): void {
+  waiting += 1;
+  showStatus(client.status);
+}
+window.addEventListener("online", () => showStatus(client.status));
+window.addEventListener("offline", () => showStatus(client.status));
 showStatus(client.status);
 client.on("status", (s) => {
   showStatus(s);
@@ -294,6 +315,7 @@ textarea.addEventListener("input", () => {
 doc.on("change", ({ patches, origin }) => {
   renderTodos();
   if (origin === "remote") applyRemoteText(patches);
+  else if (client.status !== "saved") edited();
 });
 // A reconnect may bring in a doc created elsewhere in the meantime.
 doc.on("synced", () => {
