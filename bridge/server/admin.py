@@ -19,13 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..auth import Authenticate, AuthRequest, authenticate as run_authenticate, bearer_token
+from ..auth import Authenticate
 from ..hub import DocNotFound, DocUnavailable, Hub
 from ..local import open_local
 from ..protocol.native import valid_doc_id
 from ..storage import DocInfo
 from ..values import heads_hex
-from .http import error
+from .http import error, http_principal
 
 MAX_PAGE = 1000  # documents per listing page
 DEFAULT_PAGE = 100
@@ -40,9 +40,7 @@ def _info(info: DocInfo, hub: Hub) -> dict:
 def admin_routes(get_hub: Callable[[], Hub], authenticate: Authenticate | None) -> list[Route]:
     def admin_route(handler: Callable[[Request, Hub], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            auth_request = AuthRequest.from_connection(request, peer="admin", token=bearer_token(request),
-                                                       transport="http")
-            principal = await run_authenticate(authenticate, auth_request)
+            principal = await http_principal(request, authenticate, peer="admin")
             if principal is None:
                 return error(401, "unauthorized", "missing, bad or expired token")
             if not principal.may_administer():

@@ -30,20 +30,21 @@ def error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "msg": message}, status_code=status)
 
 
-def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authenticate | None) -> list[Route]:
-    async def principal_of(request: Request) -> Principal | None:
-        """The same ``authenticate`` hook as WebSocket peers, with ``peer``
-        "http"; the token comes as ``?token=`` (what a beacon can carry) or a
-        Bearer header. None: refused."""
-        request_ = AuthRequest.from_connection(request, peer="http", token=bearer_token(request), transport="http")
-        return await run_authenticate(authenticate, request_)
+async def http_principal(request: Request, authenticate: Authenticate | None, peer: str = "http") -> Principal | None:
+    """Who an HTTP request is: the same ``authenticate`` hook as WebSocket
+    peers (``peer`` names the route family); the token comes as ``?token=``
+    (what a beacon can carry) or a Bearer header. None: refused."""
+    auth_request = AuthRequest.from_connection(request, peer=peer, token=bearer_token(request), transport="http")
+    return await run_authenticate(authenticate, auth_request)
 
+
+def doc_routes(get_hub: Callable[[], Hub], limits: Limits, authenticate: Authenticate | None) -> list[Route]:
     def doc_route(handler: Handler, *, writes: bool = False) -> Callable[[Request], Awaitable[Response]]:
         """``writes``: the route changes the document (or creates it), so the
         principal must be allowed to write it; every route needs read."""
 
         async def endpoint(request: Request) -> Response:
-            principal = await principal_of(request)
+            principal = await http_principal(request, authenticate)
             if principal is None:
                 return error(401, "unauthorized", "missing, bad or expired token")
             request.state.principal = principal
