@@ -230,6 +230,24 @@ def _split(url: str) -> tuple[str, str, str, list[tuple[str, str]]]:
     return scheme, userinfo, hosts, pairs
 
 
+def _take_statement_cache_size(url: str) -> tuple[str, int | None]:
+    """``url`` without a ``statement_cache_size`` query parameter, and its value."""
+    base, question, rest = url.partition("?")
+    if not question:
+        return url, None
+    query, hash_, fragment = rest.partition("#")
+    size, kept = None, []
+    for item in query.split("&"):
+        key, _, value = item.partition("=")
+        if key == "statement_cache_size":
+            if not value.isdigit():
+                raise ValueError(f"statement_cache_size must be a whole number, not {value!r}")
+            size = int(value)
+        elif item:
+            kept.append(item)
+    return base + ("?" + "&".join(kept) if kept else "") + hash_ + fragment, size
+
+
 def redact_url(url: str) -> str:
     """``url`` without its password (in the user info, or as a ``password``
     or ``sslpassword`` query parameter)."""
@@ -282,6 +300,10 @@ class PostgresStore:
     bridges share; also the cluster layer's ``read_since`` and ``positions``."""
 
     def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 4) -> None:
+        # ``?statement_cache_size=0`` is asyncpg's, not libpq's: taken out of
+        # the DSN and handed to the pool. 0 is what PgBouncer in transaction
+        # mode needs (a prepared statement belongs to one server connection).
+        url, self._statement_cache_size = _take_statement_cache_size(url)
         self._url = url  # holds the password: never shown (see __repr__)
         self.where = f"PostgreSQL database {redact_url(url)}"
         self._secrets = _secrets_of(url)
@@ -331,6 +353,7 @@ class PostgresStore:
                 command_timeout=COMMAND_TIMEOUT,
                 init=self._init_connection,
                 server_settings=settings,
+                **({} if self._statement_cache_size is None else {"statement_cache_size": self._statement_cache_size}),
             )
             try:
                 async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:

@@ -316,6 +316,29 @@ async def test_a_large_batch_across_many_documents_takes_a_few_round_trips(postg
 
 
 @pytest.mark.anyio
+async def test_statement_cache_size_0_prepares_no_named_statements_for_pgbouncer(postgres_url):  # noqa: F811
+    """PgBouncer in transaction mode hands each transaction to any server
+    connection, so a named prepared statement may not be there next time:
+    `?statement_cache_size=0` turns asyncpg's cache off."""
+    _, c = history(3)
+    for url, named in ((postgres_url, True), (postgres_url + "?statement_cache_size=0", False)):
+        store = PostgresStore(url)
+        assert "statement_cache_size" not in store._url
+        await store.open()
+        try:
+            for n in range(3):
+                await store.commit([AppendChanges(f"d{n}", pairs(c))])
+                await store.load(f"d{n}")
+            async with store._require_pool().acquire() as conn:
+                prepared = await conn.fetchval("SELECT count(*) FROM pg_prepared_statements")
+            assert (prepared > 0) is named, (url, prepared)
+        finally:
+            await store.close()
+    with pytest.raises(ValueError, match="statement_cache_size"):
+        PostgresStore(postgres_url + "?statement_cache_size=lots")
+
+
+@pytest.mark.anyio
 async def test_a_database_with_synchronous_commit_off_still_gets_durable_commits(postgres_url, caplog):  # noqa: F811
     database = postgres_url.rsplit("/", 1)[1]
     await query(postgres_url, f'ALTER DATABASE "{database}" SET synchronous_commit = off')
