@@ -85,7 +85,11 @@ class Webhook:
         async with httpx.AsyncClient(timeout=self.timeout) as http:
             task_status.started()
             async for event in commits:
-                await self._deliver(http, event)
+                try:
+                    await self._deliver(http, event)
+                except Exception:  # a bug or a bad URL must not take the bridge down with the webhook
+                    self.failed += 1
+                    log.exception("webhook %s: delivering failed", self.url)
 
     async def _deliver(self, http: httpx.AsyncClient, event: Commit | Missed) -> None:
         body = json.dumps(_payload(event), separators=(",", ":")).encode()

@@ -184,3 +184,19 @@ def test_the_cli_takes_a_webhook_and_never_prints_its_secret(tmp_path):
         done = subprocess.run([sys.executable, "-m", "bridge.cli", "serve", "--port", "0", "--data-dir",
                                str(tmp_path / "d"), *args], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and message in done.stderr and HOOK_SECRET not in done.stderr
+
+
+async def test_a_webhook_that_cannot_even_send_does_not_take_the_bridge_down(tmp_path):
+    # A NUL in the host: httpx raises InvalidURL, which is not one of its HTTP errors.
+    webhook = Webhook("http://\x00bad/hook", HOOK_SECRET, max_backoff=0.01, max_attempts=2)
+    app = create_app(data_dir=tmp_path, web_dir=None, webhook=webhook)
+    async with serve_in_task(app) as bridge:
+        async with BridgeClient(bridge.ws_url, peer="writer") as client:
+            doc = await client.open("d")
+            for n in range(3):
+                with doc.change() as d:
+                    d["n"] = n
+                await doc.flush(timeout=10)
+        await eventually(lambda: webhook.failed >= 1, timeout=10)
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{bridge.http_url}/docs/d")).json() == {"n": 2}
