@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from collections import deque
 from types import SimpleNamespace
-from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 import redis.asyncio as aioredis
@@ -46,6 +45,7 @@ from redis.exceptions import RedisError
 from tenacity import wait_exponential_jitter
 
 from ..logs import get_logger
+from ..urls import redact_url, take_query_param
 from . import BusHandler
 
 log = get_logger(__name__)
@@ -76,7 +76,7 @@ class RedisBus:
         max_queued_bytes: int = 64 * MiB,
         dead_after: float = 5.0,
     ) -> None:
-        self._url, url_prefix = _split_prefix(url)
+        self._url, url_prefix = take_query_param(url, "channel_prefix")  # redis-py does not know it
         self.channel_prefix = channel_prefix if url_prefix is None else url_prefix
         self._prefix = self.channel_prefix.encode()
         self.max_queued = max(1, max_queued)
@@ -308,40 +308,6 @@ class RedisBus:
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def _split_prefix(url: str) -> tuple[str, str | None]:
-    """``url`` without its ``channel_prefix`` query parameter (redis-py does
-    not know it), and that parameter's value if there was one. The rest of
-    the URL is left exactly as written."""
-    base, question, rest = url.partition("?")
-    if not question:
-        return url, None
-    query, hash_, fragment = rest.partition("#")
-    prefix, kept = None, []
-    for item in query.split("&"):
-        pairs = parse_qsl(item, keep_blank_values=True)
-        if pairs and pairs[0][0] == "channel_prefix":
-            prefix = pairs[0][1]
-        elif item:
-            kept.append(item)
-    url = base + ("?" + "&".join(kept) if kept else "") + hash_ + fragment
-    return url, prefix
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password (in the user info or a ``password=`` parameter)."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        userinfo, _, host = parts.netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        url = url.replace(f"//{parts.netloc}", f"//{user}:***@{host}", 1)
-    base, question, rest = url.partition("?")
-    if question:
-        query, hash_, fragment = rest.partition("#")
-        items = ["password=***" if item.lower().startswith("password=") else item for item in query.split("&")]
-        url = base + "?" + "&".join(items) + hash_ + fragment
-    return url
 
 
 def _connection_trouble(exc: BaseException) -> str | None:

@@ -54,11 +54,12 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from typing import Iterator, Sequence
-from urllib.parse import parse_qsl, unquote, urlencode
+from urllib.parse import unquote
 
 import anyio
 
 from ..logs import get_logger
+from ..urls import redact_url, split_url, take_query_param
 from . import AppendChanges, Committed, Compact, DeleteDoc, DocInfo, SchemaTooNew, StoredDoc, Write
 
 log = get_logger(__name__)
@@ -214,53 +215,10 @@ class PostgresStoreError(RuntimeError):
     with the password masked."""
 
 
-def _split(url: str) -> tuple[str, str, str, list[tuple[str, str]]]:
-    """``scheme://userinfo@rest?query`` as (scheme, userinfo, rest, query
-    pairs), by plain string cuts that cannot fail: the user info is all
-    before the *last* ``@`` of the part before ``?``, so a password holding
-    an unescaped ``/``, ``#`` or ``@`` is still taken whole."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    rest, _, query = rest.partition("?")
-    userinfo, at, hosts = rest.rpartition("@")
-    if not at:
-        userinfo, hosts = "", rest
-    pairs = parse_qsl(query.partition("#")[0], keep_blank_values=True)
-    return scheme, userinfo, hosts, pairs
-
-
-def _take_statement_cache_size(url: str) -> tuple[str, int | None]:
-    """``url`` without a ``statement_cache_size`` query parameter, and its value."""
-    base, question, rest = url.partition("?")
-    if not question:
-        return url, None
-    query, hash_, fragment = rest.partition("#")
-    size, kept = None, []
-    for item in query.split("&"):
-        key, _, value = item.partition("=")
-        if key == "statement_cache_size":
-            if not value.isdigit():
-                raise ValueError(f"statement_cache_size must be a whole number, not {value!r}")
-            size = int(value)
-        elif item:
-            kept.append(item)
-    return base + ("?" + "&".join(kept) if kept else "") + hash_ + fragment, size
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password (in the user info, or as a ``password``
-    or ``sslpassword`` query parameter)."""
-    scheme, userinfo, hosts, pairs = _split(url)
-    user = userinfo.split(":", 1)[0]
-    query = urlencode([(k, v) for k, v in pairs if "password" not in k.lower()])
-    return f"{scheme}://" * bool(scheme) + f"{user}@" * bool(user) + hosts + f"?{query}" * bool(query)
-
-
 def _secrets_of(url: str) -> list[str]:
     """The password texts in ``url``, as written and decoded, longest first
     (to mask them in error texts)."""
-    _, userinfo, _, pairs = _split(url)
+    _, userinfo, _, pairs = split_url(url)
     found = {userinfo.split(":", 1)[1]} if ":" in userinfo else set()
     found.update(v for k, v in pairs if "password" in k.lower())
     found.update(re.findall(r"password=([^&#]*)", url, flags=re.IGNORECASE))  # as written
@@ -303,7 +261,10 @@ class PostgresStore:
         # ``?statement_cache_size=0`` is asyncpg's, not libpq's: taken out of
         # the DSN and handed to the pool. 0 is what PgBouncer in transaction
         # mode needs (a prepared statement belongs to one server connection).
-        url, self._statement_cache_size = _take_statement_cache_size(url)
+        url, cache_size = take_query_param(url, "statement_cache_size")
+        if cache_size is not None and not cache_size.isdigit():
+            raise ValueError(f"statement_cache_size must be a whole number, not {cache_size!r}")
+        self._statement_cache_size = None if cache_size is None else int(cache_size)
         self._url = url  # holds the password: never shown (see __repr__)
         self.where = f"PostgreSQL database {redact_url(url)}"
         self._secrets = _secrets_of(url)
@@ -343,7 +304,7 @@ class PostgresStore:
 
         with self._no_password_in_errors():
             settings = {}
-            if not any(k == "application_name" for k, _ in _split(self._url)[3]):
+            if not any(k == "application_name" for k, _ in split_url(self._url)[3]):
                 settings["application_name"] = "automerge-bridge"
             pool = await asyncpg.create_pool(
                 dsn=self._url,

@@ -13,21 +13,10 @@ from bridge.cluster.node import ClusterNode
 from bridge.hub import Hub
 from bridge.storage import open_store
 from tests.services import RedisServer, postgres_url  # noqa: F401 (fixture)
+from tests.subscribers import Quiet
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.anyio
-
-
-class Quiet:
-    peer = "test"
-
-    def doc_changed(self, doc_id, origin) -> None: ...
-
-    def doc_saved(self, doc_id, heads, own) -> None: ...
-
-    def doc_reloaded(self, doc_id) -> None: ...
-
-    def ephemeral(self, doc_id, sender, data, source=None) -> None: ...
 
 
 def edit(hub: Hub, live, key: str, n: int) -> None:

@@ -15,7 +15,8 @@ from automerge import core
 from bridge.cluster import open_bus
 from bridge.cluster.node import Changes, ClusterNode
 from bridge.hub import Hub
-from tests.cluster.test_compaction import Quiet, edit, shared_stores
+from tests.cluster.test_compaction import edit, shared_stores
+from tests.subscribers import Quiet
 from tests.services import RedisServer, postgres_url  # noqa: F401 (fixture)
 from tests.waiting import eventually
 

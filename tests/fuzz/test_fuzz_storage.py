@@ -58,6 +58,7 @@ from bridge.storage.sqlite import SQLiteStore
 
 from .. import crafting as c
 from ..core_failures import CANONICAL_PUT
+from ..subscribers import Quiet
 from . import flip_bytes
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
@@ -473,18 +474,6 @@ def _damage(path: Path, rec: Records) -> None:
         db.execute("COMMIT")
 
 
-class _Nobody:
-    peer = "fuzz"
-
-    def doc_changed(self, doc_id, origin) -> None: ...
-
-    def doc_saved(self, doc_id, heads, own) -> None: ...
-
-    def doc_reloaded(self, doc_id) -> None: ...
-
-    def ephemeral(self, doc_id, sender, data, source=None) -> None: ...
-
-
 def _load_through_hub(path: Path):
     def load(snapshots, rows, hashes) -> Loaded:
         async def run() -> Loaded:
@@ -495,7 +484,7 @@ def _load_through_hub(path: Path):
                 assert stored is None or ([d for d in stored.snapshots], stored.change_bytes) == (snapshots, rows)
                 hub = Hub(store)
                 try:
-                    live = await hub.subscribe(DOC_ID, _Nobody(), create=False)
+                    live = await hub.subscribe(DOC_ID, Quiet("fuzz"), create=False)
                 except DocUnavailable as exc:
                     raise Unloadable(hub.unavailable.get(DOC_ID, str(exc))) from None
                 return Loaded(live.doc, live.skipped)
