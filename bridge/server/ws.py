@@ -98,6 +98,7 @@ class SocketPump:
         self._send_lock = anyio.Lock()
         self._closing = False
         self._reading = anyio.CancelScope()
+        self.finished = anyio.Event()  # the close frame has gone (or the peer is gone)
 
     # --- entry point --------------------------------------------------------
 
@@ -118,7 +119,10 @@ class SocketPump:
         finally:
             self.session.wakeup = lambda: None
             self.session.handle(p.Disconnected())
-        await self._close(outcome)
+        try:
+            await self._close(outcome)
+        finally:
+            self.finished.set()
 
     async def _close(self, outcome: BaseException | None) -> None:
         if isinstance(outcome, WebSocketDisconnect):
@@ -263,13 +267,16 @@ class SocketPump:
         """Shutdown, last step, once group commit has drained: let what is
         queued for the peer go out (its ``saved`` and ``flushed`` answers;
         bounded, a peer may not read), then close 1001: come back soon."""
-        if self._closing:
-            return
+        if not self._closing:
+            with anyio.move_on_after(timeout):
+                await self.session.outbox.wait_idle()
+                async with self._send_lock:  # the frame being written goes out whole
+                    pass
+            await self._feed(p.GoingAway())
+        # The close frame is written by the connection's own task: wait for
+        # it, or the server's shutdown (next) would fail the socket with 1012.
         with anyio.move_on_after(timeout):
-            await self.session.outbox.wait_idle()
-            async with self._send_lock:  # the frame being written goes out whole
-                pass
-        await self._feed(p.GoingAway())
+            await self.finished.wait()
 
     # --- writing ------------------------------------------------------------
 
